@@ -1,0 +1,97 @@
+"""The ``ferry`` command: the one composition root.
+
+``ferry indexer|relayer|gateway`` run one process each; ``ferry migrate`` applies
+the schema; ``ferry deploy`` puts token and bridge contracts on a chain;
+``ferry dev`` runs the whole stack on two local chains with demo transfers.
+Process modules are imported lazily here and nowhere else in ``ferry/``.
+
+Configuration errors end the process with exit code 2 and one readable message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ferry import logs
+from ferry.settings import ConfigError, Settings, load_settings
+
+_SERVICES = {
+    "indexer": "indexer.service",
+    "relayer": "relayer.worker",
+    "gateway": "gateway.server",
+}
+
+
+def _run_service(name: str, settings: Settings) -> None:
+    module = importlib.import_module(_SERVICES[name])
+    run: Callable[[Settings], Coroutine[Any, Any, None]] = module.run
+    settings.chains()  # validate the chains file before anything starts
+    asyncio.run(run(settings))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferry", description="Ferry cross-chain bridge backend")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("indexer", "follow the configured chains and write bridge events and transfers"),
+        ("relayer", "run the arq worker that signs and submits releases"),
+        ("gateway", "serve the GraphQL API, health and metrics"),
+    ):
+        sub.add_parser(name, help=text)
+    sub.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
+    deploy = sub.add_parser("deploy", help="deploy a test token and a FerryBridge to a chain")
+    deploy.add_argument("--rpc-url", required=True)
+    deploy.add_argument("--signers", required=True, help="comma-separated signer addresses")
+    deploy.add_argument("--threshold", type=int, default=1)
+    deploy.add_argument("--token-symbol", default="FTT")
+    deploy.add_argument(
+        "--deployer-key-env",
+        default="FERRY_DEPLOYER_KEY",
+        help="environment variable holding the deployer's private key",
+    )
+    dev = sub.add_parser("dev", help="run the whole stack on two local anvil chains with demo transfers")
+    dev.add_argument(
+        "--workdir", default=".ferry", help="folder for the dev chains file and embedded services"
+    )
+    dev.add_argument("--demo-transfers", type=int, default=3, help="demo transfers per direction")
+    dev.add_argument(
+        "--exit-after-demo", action="store_true", help="stop once the demo transfers are released"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        logs.configure(args.command, fmt=settings.log_format, level=settings.log_level)
+        logs.register_secret(settings.database_url.get_secret_value())
+        logs.register_secret(settings.redis_url.get_secret_value())
+        if args.command in _SERVICES:
+            _run_service(args.command, settings)
+        elif args.command == "migrate":
+            from ferry.migrate import upgrade
+
+            upgrade(settings.database_url.get_secret_value())
+        elif args.command == "deploy":
+            from ferry.deploy import deploy_from_cli
+
+            deploy_from_cli(args)
+        elif args.command == "dev":
+            from ferry.dev import run_dev
+
+            sys.exit(run_dev(args))
+    except ConfigError as exc:
+        print(f"ferry {args.command}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Moving transfers between states: the one path to ``transfer_status_history``.
+
+Every writer (indexer, relayer, admin actions) changes a transfer's status through
+``move_transfers`` (existing rows) or ``record_new`` (rows it just inserted), inside
+its own transaction, as the *last* statements before COMMIT. This module keeps
+three promises:
+
+1. A move only happens from a state listed in ``ALLOWED_FROM`` (or the caller's
+   narrower set), so duplicate or late updates are no-ops, never regressions.
+2. History ids are in commit order: the history insert takes a transaction-level
+   advisory lock that is held until COMMIT, so two transactions can never commit
+   their history rows out of id order. A reader that has seen id N has seen every
+   change committed before it (the subscription cursor depends on this).
+3. One ``NOTIFY ferry_transfer_changes, '<highest id>'`` per transaction, delivered
+   by PostgreSQL only at COMMIT, so nobody hears of uncommitted state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from ferry.domain import ALLOWED_FROM, CHANGES_CHANNEL, TransferStatus
+
+#: Arbitrary constant key of the advisory lock that orders history inserts.
+HISTORY_LOCK_KEY = 0x0F3E_5E47
+
+
+@dataclass(frozen=True)
+class Move:
+    """Ask to move one transfer to ``to_status`` (from any allowed state, or ``only_from``)."""
+
+    transfer_id: str
+    to_status: TransferStatus
+    reason: str | None = None
+    tx_hash: str | None = None
+    block_number: int | None = None
+    only_from: frozenset[TransferStatus] | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """A move that happened (or a new transfer's first state, ``from_status`` None)."""
+
+    transfer_id: str
+    from_status: TransferStatus | None
+    to_status: TransferStatus
+    reason: str | None = None
+    tx_hash: str | None = None
+    block_number: int | None = None
+
+
+async def move_transfers(conn: asyncpg.Connection, moves: Sequence[Move]) -> list[Change]:
+    """Apply the legal moves among ``moves``; record history and NOTIFY. Returns what moved.
+
+    Must run inside a transaction; call it last, then commit promptly.
+    """
+    if not moves:
+        return []
+    changes: list[Change] = []
+    for move in moves:
+        allowed = ALLOWED_FROM[move.to_status]
+        if move.only_from is not None:
+            allowed = allowed & move.only_from
+        row = await conn.fetchrow(
+            """
+            UPDATE transfers AS t
+               SET status = $2, updated_at = now(), last_error = COALESCE($4, t.last_error)
+              FROM (SELECT id, status FROM transfers WHERE id = $1 FOR UPDATE) AS old
+             WHERE t.id = old.id AND old.status = ANY($3::text[])
+         RETURNING old.status AS from_status
+            """,
+            move.transfer_id,
+            move.to_status.value,
+            [s.value for s in allowed],
+            move.reason if move.to_status in (TransferStatus.FAILED, TransferStatus.HELD) else None,
+        )
+        if row is not None:
+            changes.append(
+                Change(
+                    move.transfer_id,
+                    TransferStatus(row["from_status"]),
+                    move.to_status,
+                    move.reason,
+                    move.tx_hash,
+                    move.block_number,
+                )
+            )
+    await record_history(conn, changes)
+    return changes
+
+
+async def record_new(conn: asyncpg.Connection, created: Iterable[tuple[str, TransferStatus]]) -> list[Change]:
+    """History for transfers the caller has just inserted in this transaction."""
+    changes = [Change(transfer_id, None, status) for transfer_id, status in created]
+    await record_history(conn, changes)
+    return changes
+
+
+async def record_history(conn: asyncpg.Connection, changes: Sequence[Change]) -> int | None:
+    """Insert history rows in commit order and NOTIFY once; returns the highest id written."""
+    if not changes:
+        return None
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", HISTORY_LOCK_KEY)
+    highest: int | None = await conn.fetchval(
+        """
+        WITH inserted AS (
+        INSERT INTO transfer_status_history
+               (transfer_id, from_status, to_status, reason, tx_hash, block_number, created_at)
+        SELECT transfer_id, from_status, to_status, reason, tx_hash, block_number, clock_timestamp()
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
+               AS c(transfer_id, from_status, to_status, reason, tx_hash, block_number)
+        RETURNING id
+        )
+        SELECT max(id) FROM inserted
+        """,
+        [c.transfer_id for c in changes],
+        [c.from_status.value if c.from_status else None for c in changes],
+        [c.to_status.value for c in changes],
+        [c.reason for c in changes],
+        [c.tx_hash for c in changes],
+        [c.block_number for c in changes],
+    )
+    await conn.execute("SELECT pg_notify($1, $2)", CHANGES_CHANNEL, str(highest))
+    return highest

@@ -1,0 +1,86 @@
+"""Shared fixtures: real PostgreSQL, Redis and anvil chains for every test that needs them.
+
+- ``services``: PostgreSQL and Redis at FERRY_TEST_DATABASE_URL / FERRY_TEST_REDIS_URL
+  (defaults 127.0.0.1:5432 and :6379), or embedded ones when nothing answers there.
+- ``database_url``: a fresh database for this test run, migrated once, dropped at
+  the end.
+- ``redis_url``: a Redis database; tests use their own queue name (``queue_name``).
+- ``dev_chains``: two anvil chains with token, bridge and routes (ferry.devstack).
+- ``clean_db``: truncates every table before a test that wants a blank slate.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from ferry.devstack import DevNetwork, start_dev_network
+from ferry.migrate import upgrade
+from ferry.services import Embedded, ensure_postgres, ensure_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLES = "release_attempts, transfer_status_history, releases_seen, transfers, routes, blocks, chains"
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    workdir = tmp_path_factory.mktemp("services")
+    postgres: Embedded = ensure_postgres(
+        os.environ.get("FERRY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        workdir / "postgres",
+    )
+    redis: Embedded = ensure_redis(
+        os.environ.get("FERRY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"), workdir / "redis"
+    )
+    yield postgres.url, redis.url
+    redis.stop()
+    postgres.stop()
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def database_url(services: tuple[str, str]) -> Iterator[str]:
+    admin_url = services[0]
+    name = f"ferry_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(admin_url, name)
+    upgrade(url)
+    yield url
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: tuple[str, str]) -> str:
+    return services[1]
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue of this test's own, so tests never see each other's jobs."""
+    return f"ferry:test:{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def clean_db(database_url: str) -> str:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    return database_url
+
+
+@pytest.fixture(scope="session")
+def dev_chains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevNetwork]:
+    network = start_dev_network(tmp_path_factory.mktemp("chains"))
+    yield network
+    network.stop()

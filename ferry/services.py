@@ -14,6 +14,7 @@ import logging
 import shutil
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,10 @@ def ensure_postgres(url: str, workdir: Path, *, force_embedded: bool = False) ->
         return Embedded(url, "postgres")
     log.warning("no PostgreSQL at %s; starting an embedded one in %s", redact_url(url), workdir)
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            # NOTE: platformdirs warns at import when XDG_RUNTIME_DIR is unset (CI, root shells).
+            warnings.simplefilter("ignore")
+            import pgserver
     except ImportError:
         raise RuntimeError(
             "PostgreSQL is not reachable and the embedded fallback is not installed: "
@@ -90,31 +94,21 @@ def ensure_redis(url: str, workdir: Path, *, force_embedded: bool = False) -> Em
 
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
+    logfile = workdir / "redis.log"
     process = subprocess.Popen(  # noqa: S603 -- our own bundled binary, fixed arguments
-        [
-            str(binary),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
+        [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--logfile", str(logfile)],
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     embedded_url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 15
     while not redis_reachable(embedded_url):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError(
-                f"embedded redis-server did not start: {process.stderr.read().decode()[-500:]}"
-            )  # type: ignore[union-attr]
+            detail = logfile.read_text()[-500:] if logfile.exists() else ""
+            raise RuntimeError(f"embedded redis-server did not start: {detail}")
         time.sleep(0.05)
 
     def stop() -> None:

@@ -28,9 +28,9 @@ _SERVICES = {
 
 
 def _run_service(name: str, settings: Settings) -> None:
+    settings.chains()  # validate the chains file before anything starts
     module = importlib.import_module(_SERVICES[name])
     run: Callable[[Settings], Coroutine[Any, Any, None]] = module.run
-    settings.chains()  # validate the chains file before anything starts
     asyncio.run(run(settings))
 
 

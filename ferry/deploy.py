@@ -177,3 +177,33 @@ def lock_tokens(
                 nonce=int.from_bytes(topics[2], "big"),
             )
     raise TransactionFailed(f"locking tokens emitted no TokensLocked event from {bridge_address}")
+
+
+def deploy_from_cli(args: Any) -> None:
+    """``ferry deploy``: a test token and a bridge on one chain; prints the chains-file entry.
+
+    The deployer's key comes from the environment variable named by
+    ``--deployer-key-env`` (never from the command line, where it would reach the
+    shell history and the process list).
+    """
+    import os
+
+    from web3 import HTTPProvider
+
+    from ferry.settings import ConfigError
+
+    key = os.environ.get(args.deployer_key_env)
+    if not key:
+        raise ConfigError(f"set {args.deployer_key_env} to the deployer's hex private key")
+    signers = [s.strip() for s in args.signers.split(",") if s.strip()]
+    if not signers or not 0 < args.threshold <= len(signers):
+        raise ConfigError("--threshold must be between 1 and the number of --signers")
+    w3 = Web3(HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
+    deployer = _account(key).address
+    token = deploy_test_token(w3, key, symbol=args.token_symbol)
+    deployed = deploy_bridge(w3, key, token, deployer, signers, args.threshold)
+    print(
+        f"chain {deployed.chain_id}: bridges:\n"
+        f'  {args.token_symbol}: {{bridge: "{deployed.bridge}", token: "{deployed.token}", '
+        f"start_block: {deployed.deploy_block}}}"
+    )

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: GraphQL clients and a running-stack harness."""

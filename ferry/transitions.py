@@ -52,14 +52,18 @@ class Change:
     block_number: int | None = None
 
 
-async def move_transfers(conn: asyncpg.Connection, moves: Sequence[Move]) -> list[Change]:
-    """Apply the legal moves among ``moves``; record history and NOTIFY. Returns what moved.
+async def move_transfers(
+    conn: asyncpg.Connection,
+    moves: Sequence[Move],
+    created: Iterable[tuple[str, TransferStatus]] = (),
+) -> list[Change]:
+    """Apply the legal moves among ``moves``; record history and NOTIFY once. Returns the changes.
 
+    ``created`` names transfers the caller inserted in this transaction (their first
+    state), so one call records everything and sends the transaction's one NOTIFY.
     Must run inside a transaction; call it last, then commit promptly.
     """
-    if not moves:
-        return []
-    changes: list[Change] = []
+    changes: list[Change] = [Change(transfer_id, None, status) for transfer_id, status in created]
     for move in moves:
         allowed = ALLOWED_FROM[move.to_status]
         if move.only_from is not None:

@@ -1,0 +1,236 @@
+"""The indexer's SQL: chains, routes, blocks, transfers (source side) and releases seen.
+
+Every function takes a connection and runs inside the caller's transaction; the
+follower composes them into one transaction per indexed range. Multi-row writes
+go through ``unnest`` so a range with thousands of events is a handful of
+statements. Bridge addresses are stored lowercase, people's addresses
+checksummed (see ``indexer.decode``).
+
+Status changes are *not* made here: these functions only find which transfers
+are due for a move; ``ferry.transitions`` makes the moves, last in the transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+import asyncpg
+
+from ferry.domain import TransferStatus
+from ferry.settings import ChainConfig, ChainsConfig, route_id
+from indexer.chain import BlockHeader, ChainRange
+from indexer.decode import LockEvent, ReleaseEvent
+
+log = logging.getLogger(__name__)
+
+#: Chain ids are stored as BIGINT; a lock naming a larger target chain cannot be routed.
+MAX_CHAIN_ID = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """The last block the indexer committed on a chain."""
+
+    block: int
+    hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A transfer due for a move, with what the move records."""
+
+    transfer_id: str
+    route_id: str
+    tx_hash: str | None = None
+    block_number: int | None = None
+
+
+async def register_chains(conn: asyncpg.Connection, chains: Sequence[ChainConfig]) -> None:
+    """Insert unseen chains with the cursor just before their first bridge; never move a cursor back."""
+    await conn.execute(
+        """
+        INSERT INTO chains (chain_id, name, indexed_block)
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[])
+        ON CONFLICT (chain_id) DO UPDATE SET name = EXCLUDED.name
+        """,
+        [c.id for c in chains],
+        [c.name for c in chains],
+        [min(d.start_block for d in c.bridges.values()) - 1 for c in chains],
+    )
+
+
+async def register_routes(conn: asyncpg.Connection, config: ChainsConfig) -> None:
+    """Insert configured routes that are new; operator switches on existing ones stay as they are."""
+    await conn.execute(
+        """
+        INSERT INTO routes (route_id, token, source_chain_id, target_chain_id)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+        ON CONFLICT (route_id) DO NOTHING
+        """,
+        [r.route_id for r in config.routes],
+        [r.token for r in config.routes],
+        [r.source for r in config.routes],
+        [r.target for r in config.routes],
+    )
+
+
+async def load_cursor(conn: asyncpg.Connection, chain_id: int) -> Cursor | None:
+    row = await conn.fetchrow(
+        "SELECT indexed_block, indexed_block_hash FROM chains WHERE chain_id = $1", chain_id
+    )
+    return None if row is None else Cursor(row["indexed_block"], row["indexed_block_hash"])
+
+
+async def advance_cursor(
+    conn: asyncpg.Connection, chain_id: int, expected: int, chain_range: ChainRange
+) -> bool:
+    """Move the cursor to the range's last block; False when another writer moved it first."""
+    last = None if chain_range.empty else chain_range.headers[chain_range.last]
+    moved = await conn.fetchval(
+        """
+        UPDATE chains
+           SET indexed_block = $3, indexed_block_hash = COALESCE($4, indexed_block_hash),
+               head_block = $5, head_seen_at = now(), updated_at = now()
+         WHERE chain_id = $1 AND indexed_block = $2
+        RETURNING true
+        """,
+        chain_id,
+        expected,
+        chain_range.last,
+        last.hash if last else None,
+        chain_range.head,
+    )
+    return moved is True
+
+
+async def record_blocks(conn: asyncpg.Connection, chain_id: int, headers: Iterable[BlockHeader]) -> None:
+    rows = list(headers)
+    if not rows:
+        return
+    await conn.execute(
+        """
+        INSERT INTO blocks (chain_id, number, hash, parent_hash, timestamp)
+        SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::timestamptz[])
+        ON CONFLICT (chain_id, number) DO UPDATE
+           SET hash = EXCLUDED.hash, parent_hash = EXCLUDED.parent_hash, timestamp = EXCLUDED.timestamp
+        """,
+        chain_id,
+        [h.number for h in rows],
+        [h.hash for h in rows],
+        [h.parent_hash for h in rows],
+        [h.timestamp for h in rows],
+    )
+
+
+def routable(locks: Iterable[LockEvent]) -> list[LockEvent]:
+    """The locks whose target chain id fits the schema; the others are logged and skipped."""
+    kept = []
+    for lock in locks:
+        if 0 < lock.target_chain_id <= MAX_CHAIN_ID:
+            kept.append(lock)
+        else:
+            log.error(
+                "lock names target chain id %d, which no EVM chain can have; it cannot be relayed",
+                lock.target_chain_id,
+                extra={"transfer_id": lock.transfer_id, "tx_hash": lock.tx_hash},
+            )
+    return kept
+
+
+async def insert_locks(
+    conn: asyncpg.Connection, chain: ChainConfig, config: ChainsConfig, chain_range: ChainRange
+) -> list[Due]:
+    """Insert the range's locks as PENDING transfers; returns the ones that were new."""
+    locks = routable(chain_range.locks)
+    if not locks:
+        return []
+    tokens = [_token_of(config, chain.id, lock.bridge) for lock in locks]
+    rows = await conn.fetch(
+        """
+        INSERT INTO transfers (id, route_id, token, source_chain_id, source_bridge, nonce,
+                               target_chain_id, target_bridge, sender, recipient, amount, status,
+                               confirmations_required, lock_tx_hash, lock_log_index,
+                               lock_block_number, lock_block_hash, lock_block_time)
+        SELECT l.id, l.route_id, l.token, $1, l.bridge, l.nonce, l.target_chain_id, l.target_bridge,
+               l.sender, l.recipient, l.amount, $2, $3, l.tx_hash, l.log_index,
+               l.block_number, l.block_hash, l.block_time
+          FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::numeric[], $9::bigint[],
+                      $10::text[], $11::text[], $12::text[], $13::numeric[], $14::text[], $15::int[],
+                      $16::bigint[], $17::text[], $18::timestamptz[])
+               AS l(id, route_id, token, bridge, nonce, target_chain_id, target_bridge, sender,
+                    recipient, amount, tx_hash, log_index, block_number, block_hash, block_time)
+        ON CONFLICT ON CONSTRAINT transfers_lock_key DO NOTHING
+        RETURNING id, route_id, lock_tx_hash, lock_block_number
+        """,
+        chain.id,
+        TransferStatus.PENDING.value,
+        chain.confirmations,
+        [lock.transfer_id for lock in locks],
+        [route_id(token, chain.id, lock.target_chain_id) for token, lock in zip(tokens, locks, strict=True)],
+        tokens,
+        [lock.bridge for lock in locks],
+        [Decimal(lock.nonce) for lock in locks],
+        [lock.target_chain_id for lock in locks],
+        [_target_bridge(config, token, chain.id, lock) for token, lock in zip(tokens, locks, strict=True)],
+        [lock.user for lock in locks],
+        [lock.target_address for lock in locks],
+        [Decimal(lock.amount) for lock in locks],
+        [lock.tx_hash for lock in locks],
+        [lock.log_index for lock in locks],
+        [lock.block_number for lock in locks],
+        [lock.block_hash for lock in locks],
+        [chain_range.headers[lock.block_number].timestamp for lock in locks],
+    )
+    return [Due(r["id"], r["route_id"], r["lock_tx_hash"], r["lock_block_number"]) for r in rows]
+
+
+def _token_of(config: ChainsConfig, chain_id: int, bridge: str) -> str:
+    owner = config.bridge_owner(chain_id, bridge)
+    if owner is None:  # the reader only asks for configured bridges
+        raise ValueError(f"bridge {bridge} is not configured on chain {chain_id}")
+    return owner[0]
+
+
+def _target_bridge(config: ChainsConfig, token: str, chain_id: int, lock: LockEvent) -> str | None:
+    if config.route(token, chain_id, lock.target_chain_id) is None:
+        log.warning(
+            "lock targets chain %d, for which no %s route is configured",
+            lock.target_chain_id,
+            token,
+            extra={"transfer_id": lock.transfer_id},
+        )
+        return None
+    return config.chain_by_id[lock.target_chain_id].bridges[token].bridge.lower()
+
+
+async def insert_releases(conn: asyncpg.Connection, chain_id: int, releases: Sequence[ReleaseEvent]) -> int:
+    """Insert the range's releases into ``releases_seen``; returns how many were new."""
+    kept = [r for r in releases if 0 < r.source_chain_id <= MAX_CHAIN_ID]
+    if not kept:
+        return 0
+    rows = await conn.fetch(
+        """
+        INSERT INTO releases_seen (chain_id, tx_hash, log_index, bridge, block_number, block_hash,
+                                   source_chain_id, source_bridge, nonce, recipient, amount, transfer_id)
+        SELECT $1, * FROM unnest($2::text[], $3::int[], $4::text[], $5::bigint[], $6::text[], $7::bigint[],
+                                 $8::text[], $9::numeric[], $10::text[], $11::numeric[], $12::text[])
+        ON CONFLICT DO NOTHING
+        RETURNING 1
+        """,
+        chain_id,
+        [r.tx_hash for r in kept],
+        [r.log_index for r in kept],
+        [r.bridge for r in kept],
+        [r.block_number for r in kept],
+        [r.block_hash for r in kept],
+        [r.source_chain_id for r in kept],
+        [r.source_bridge for r in kept],
+        [Decimal(r.nonce) for r in kept],
+        [r.recipient for r in kept],
+        [Decimal(r.amount) for r in kept],
+        [r.transfer_id for r in kept],
+    )
+    return len(rows)

@@ -1,0 +1,144 @@
+"""Decoding FerryBridge logs: real ABI-encoded values in, the bridge's own words out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from eth_abi.abi import encode
+from eth_utils.address import to_checksum_address
+
+from ferry.contracts import SIGNERS_UPDATED_TOPIC, TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC
+from indexer.decode import LockEvent, MalformedLog, ReleaseEvent, decode_log
+
+BRIDGE = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+OTHER_BRIDGE = "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512"
+USER = "0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc"
+RECIPIENT = "0x976EA74026E726554dB657fA54763abd0C3a0aa9"
+TX_HASH = "0x" + "ab" * 32
+BLOCK_HASH = "0x" + "CD" * 32
+BIG = 2**256 - 1
+
+
+def _topic(abi_type: str, value: Any) -> str:
+    return "0x" + encode([abi_type], [value]).hex()
+
+
+def _log(topics: list[str], data: bytes, **fields: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "address": BRIDGE.lower(),
+        "topics": topics,
+        "data": "0x" + data.hex(),
+        "blockNumber": "0x1b4",
+        "blockHash": BLOCK_HASH,
+        "transactionHash": TX_HASH,
+        "transactionIndex": "0x0",
+        "logIndex": "0x3",
+        "removed": False,
+    }
+    raw.update(fields)
+    return raw
+
+
+def lock_log(
+    amount: int = 25 * 10**18, nonce: int = 7, target_chain_id: int = 31338, **fields: Any
+) -> dict[str, Any]:
+    return _log(
+        [TOKENS_LOCKED_TOPIC, _topic("address", USER), _topic("uint256", nonce)],
+        encode(["uint256", "address", "uint256"], [amount, RECIPIENT, target_chain_id]),
+        **fields,
+    )
+
+
+def release_log(amount: int = 25 * 10**18, nonce: int = 7, **fields: Any) -> dict[str, Any]:
+    return _log(
+        [
+            TRANSFER_RELEASED_TOPIC,
+            _topic("uint256", 31337),
+            _topic("uint256", nonce),
+            _topic("address", RECIPIENT),
+        ],
+        encode(["uint256", "address"], [amount, OTHER_BRIDGE]),
+        **fields,
+    )
+
+
+def test_a_lock_decodes_to_the_values_that_were_locked() -> None:
+    event = decode_log(31337, lock_log())
+
+    assert event == LockEvent(
+        chain_id=31337,
+        bridge=BRIDGE.lower(),
+        tx_hash=TX_HASH,
+        log_index=3,
+        block_number=436,
+        block_hash=BLOCK_HASH.lower(),
+        user=USER,
+        amount=25 * 10**18,
+        nonce=7,
+        target_address=RECIPIENT,
+        target_chain_id=31338,
+    )
+    assert event.transfer_id == f"31337:{BRIDGE.lower()}:7"
+
+
+def test_a_release_decodes_and_names_the_transfer_it_releases() -> None:
+    event = decode_log(31338, release_log())
+
+    assert isinstance(event, ReleaseEvent)
+    assert (event.source_chain_id, event.nonce, event.amount) == (31337, 7, 25 * 10**18)
+    assert event.recipient == RECIPIENT
+    assert event.source_bridge == OTHER_BRIDGE.lower()
+    assert event.bridge == BRIDGE.lower()
+    assert event.transfer_id == f"31337:{OTHER_BRIDGE.lower()}:7"
+
+
+def test_addresses_are_lowercase_for_bridges_and_checksummed_for_people() -> None:
+    event = decode_log(1, lock_log(address=BRIDGE.upper().replace("0X", "0x")))
+
+    assert isinstance(event, LockEvent)
+    assert event.bridge == BRIDGE.lower()
+    assert event.user == to_checksum_address(USER)
+    assert event.target_address == to_checksum_address(RECIPIENT)
+
+
+def test_uint256_extremes_survive() -> None:
+    event = decode_log(1, lock_log(amount=BIG, nonce=BIG, target_chain_id=BIG))
+
+    assert isinstance(event, LockEvent)
+    assert (event.amount, event.nonce, event.target_chain_id) == (BIG, BIG, BIG)
+
+
+def test_other_events_of_the_bridge_are_not_transfer_events() -> None:
+    assert decode_log(1, _log([SIGNERS_UPDATED_TOPIC], encode(["uint256"], [1]))) is None
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (lambda log: log.update(topics=log["topics"][:2]), "2 topics, expected 3"),
+        (lambda log: log.update(data=log["data"][:-64]), "not 3 ABI words of 0x hex"),
+        (lambda log: log.update(data=log["data"] + "00"), "not 3 ABI words of 0x hex"),
+        (lambda log: log.update(data="0x" + "f" * 64 * 3), "high bytes set"),
+        (lambda log: log.update(blockHash="0x1234"), "blockHash is not 32 bytes"),
+        (lambda log: log.update(transactionHash="0x" + "zz" * 32), "transactionHash is not 32 bytes"),
+        (lambda log: log.update(logIndex=None), "logIndex is not a hex quantity"),
+        (lambda log: log.update(blockNumber="0x1_0"), "blockNumber is not a hex quantity"),
+        (lambda log: log.pop("address"), "address is not 20 bytes"),
+        (lambda log: log.update(topics=[]), "no topics"),
+    ],
+)
+def test_a_lock_of_the_wrong_shape_is_malformed(broken: Any, message: str) -> None:
+    log = lock_log()
+    broken(log)
+
+    with pytest.raises(MalformedLog, match=message):
+        decode_log(1, log)
+
+
+def test_a_release_with_a_missing_topic_is_malformed() -> None:
+    log = release_log()
+    log["topics"] = log["topics"][:3]
+
+    with pytest.raises(MalformedLog, match="3 topics, expected 4"):
+        decode_log(1, log)

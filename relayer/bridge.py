@@ -1,0 +1,133 @@
+"""Reading a target-chain FerryBridge over JSON-RPC: replay state, signer set, past releases.
+
+Calls are ABI-encoded with web3's contract encoding from the committed artifact
+(``ferry.contracts.load_artifact('FerryBridge')``) and sent through
+``ferry.rpc.RpcClient``, so the relayer speaks to any JSON-RPC node without
+web3's provider stack. Reads use the ``latest`` block: "already processed" at
+latest is what decides whether a release is still owed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, cast
+
+from eth_abi.abi import decode as abi_decode
+from eth_typing import ABIFunction
+from eth_utils.abi import get_abi_output_types
+from eth_utils.address import to_checksum_address
+from web3 import Web3
+from web3.contract import Contract
+
+from ferry.contracts import TRANSFER_RELEASED_TOPIC, ContractError, decode_contract_error, load_artifact
+from ferry.rpc import RpcClient, RpcError, RpcGarbage, quantity
+from relayer.eip712 import ReleaseOrder
+
+
+@cache
+def _abi_contract() -> type[Contract]:
+    return Web3().eth.contract(abi=load_artifact("FerryBridge").abi)
+
+
+def encode_call(function: str, *args: Any) -> str:
+    """0x-hex call data for ``function(*args)`` of FerryBridge."""
+    return str(_abi_contract().encode_abi(function, args=list(args)))
+
+
+def decode_result(function: str, data: Any) -> tuple[Any, ...]:
+    if not isinstance(data, str) or not data.startswith("0x"):
+        raise RpcGarbage(f"eth_call of {function} answered {data!r}, not hex data")
+    abi = cast(ABIFunction, _abi_contract().get_function_by_name(function).abi)
+    return tuple(abi_decode(get_abi_output_types(abi), bytes.fromhex(data[2:])))
+
+
+def _word(value: int) -> str:
+    return "0x" + value.to_bytes(32, "big").hex()
+
+
+@dataclass(frozen=True)
+class SignerSet:
+    threshold: int
+    signers: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ReleaseLog:
+    """A ``TransferReleased`` event for one order: the transaction that paid it."""
+
+    tx_hash: str
+    block_number: int
+
+
+class TargetBridge:
+    """The FerryBridge a transfer is released from, on its target chain."""
+
+    def __init__(self, rpc: RpcClient, chain_id: int, address: str) -> None:
+        self.rpc = rpc
+        self.chain_id = chain_id
+        self.address = to_checksum_address(address)
+
+    async def _call(self, function: str, *args: Any) -> tuple[Any, ...]:
+        data = encode_call(function, *args)
+        answer = await self.rpc.call("eth_call", {"to": self.address, "data": data}, "latest")
+        return decode_result(function, answer)
+
+    async def is_processed(self, order: ReleaseOrder) -> bool:
+        (processed,) = await self._call(
+            "isProcessed", order.source_chain_id, order.source_bridge, order.nonce
+        )
+        return bool(processed)
+
+    async def signer_set(self) -> SignerSet:
+        (threshold,) = await self._call("threshold")
+        (signers,) = await self._call("getSigners")
+        return SignerSet(int(threshold), frozenset(to_checksum_address(s) for s in signers))
+
+    async def revert_reason(self, sender: str, data: str) -> ContractError | str | None:
+        """Why ``data`` from ``sender`` would revert now (None: it would succeed now)."""
+        try:
+            await self.rpc.call("eth_call", {"from": sender, "to": self.address, "data": data}, "latest")
+        except RpcError as exc:
+            return revert_of(exc) or exc.message
+        return None
+
+    async def find_release(self, order: ReleaseOrder, start_block: int, log_range: int) -> ReleaseLog | None:
+        """The transaction that released ``order``, searching back from the head to ``start_block``."""
+        topics = [TRANSFER_RELEASED_TOPIC, _word(order.source_chain_id), _word(order.nonce)]
+        high = await self.rpc.block_number()
+        while high >= start_block:
+            low = max(start_block, high - log_range + 1)
+            logs = await self.rpc.get_logs([self.address], topics, low, high)
+            found = _matching(logs, order)
+            if found is not None:
+                return found
+            high = low - 1
+        return None
+
+
+def _matching(logs: Sequence[dict[str, Any]], order: ReleaseOrder) -> ReleaseLog | None:
+    for log in reversed(logs):
+        if log.get("removed"):
+            continue
+        data = str(log.get("data", "0x"))
+        amount_and_bridge = bytes.fromhex(data.removeprefix("0x"))
+        if len(amount_and_bridge) != 64:
+            continue
+        source_bridge = to_checksum_address(amount_and_bridge[44:64])
+        if source_bridge == order.source_bridge:
+            return ReleaseLog(str(log["transactionHash"]), quantity(log["blockNumber"], "log blockNumber"))
+    return None
+
+
+def revert_of(error: RpcError) -> ContractError | None:
+    """The contract's custom error inside a node's "execution reverted" answer, if any."""
+    data = error.data
+    if isinstance(data, dict):  # some nodes nest it: {"data": "0x..."}
+        data = data.get("data")
+    return decode_contract_error(data) if isinstance(data, str) and data.startswith("0x") else None
+
+
+def is_revert(error: RpcError) -> bool:
+    return error.code == 3 or "revert" in error.message.lower()

@@ -1,0 +1,409 @@
+"""The relayer against real anvil chains, PostgreSQL and Redis.
+
+Each test locks real tokens on chain A with ``ferry.deploy.lock_tokens`` and
+inserts the matching CONFIRMED transfer as the indexer would, then runs the relay
+job (with the context the worker builds at start-up) or the real ``ferry relayer``
+process, and checks what a user would notice: the recipient's balance on chain B,
+the transfer's status and timeline, and that the chain released each lock once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as redis_asyncio
+from arq.worker import Retry
+from eth_account import Account
+from web3 import Web3
+
+from ferry.contracts import TRANSFER_RELEASED_TOPIC
+from ferry.deploy import LockReceipt, bridge_contract, lock_tokens, send_transaction, token_contract
+from ferry.devstack import DevChain, DevNetwork, ProcessGroup
+from ferry.domain import TransferStatus, transfer_id
+from ferry.settings import ConfigError, route_id
+from ferry.transitions import record_new
+from relayer.context import CONTEXT_KEY, RelayerContext, open_context
+from relayer.eip712 import ReleaseOrder, sign_release_order
+from relayer.jobs import Relay, relay_transfer
+from relayer.plan import ReleasePlan, plan_release
+from relayer.store import load_transfer
+from relayer.submitter import ReleaseCall
+from relayer.sweep import relay_job_id
+from relayer.worker import run
+
+S = TransferStatus
+AMOUNT = 7 * 10**18
+#: Upper bound on waits for the real worker: a failure guard, not a timing assertion.
+WAIT_LIMIT = 60.0
+
+
+@pytest.fixture
+async def relayer(
+    dev_chains: DevNetwork, clean_db: str, redis_url: str, queue_name: str
+) -> AsyncIterator[RelayerContext]:
+    settings = dev_chains.settings(clean_db, redis_url, queue_name=queue_name, metrics_port=0)
+    context = await open_context(settings)
+    yield context
+    await context.close()
+
+
+def new_recipient() -> str:
+    address: str = Account.create().address
+    return address
+
+
+def chains(network: DevNetwork) -> tuple[DevChain, DevChain]:
+    return network.chain(31337), network.chain(31338)
+
+
+def lock(network: DevNetwork, source: DevChain, target: DevChain, recipient: str) -> LockReceipt:
+    return lock_tokens(
+        source.w3, network.user_key, source.token, source.bridge, AMOUNT, recipient, target.chain_id
+    )
+
+
+async def insert_confirmed(
+    pool: asyncpg.Pool,
+    network: DevNetwork,
+    source: DevChain,
+    locked: LockReceipt,
+    recipient: str,
+    target_chain_id: int,
+) -> str:
+    """The CONFIRMED transfer row the indexer writes for ``locked`` (factory)."""
+    block = source.w3.eth.get_block(locked.block_number)
+    receipt = source.w3.eth.get_transaction_receipt(locked.tx_hash)  # type: ignore[arg-type]
+    log_index = next(log["logIndex"] for log in receipt["logs"] if log["address"] == source.bridge)
+    tid = transfer_id(source.chain_id, source.bridge, locked.nonce)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """
+            INSERT INTO transfers (id, route_id, token, source_chain_id, source_bridge, nonce,
+                                   target_chain_id, sender, recipient, amount, status,
+                                   confirmations_required, lock_tx_hash, lock_log_index,
+                                   lock_block_number, lock_block_hash, lock_block_time)
+            VALUES ($1, $2, 'FTT', $3, $4, $5, $6, $7, $8, $9, 'CONFIRMED', $10, $11, $12, $13, $14, $15)
+            """,
+            tid, route_id("FTT", source.chain_id, target_chain_id), source.chain_id, source.bridge.lower(),
+            locked.nonce, target_chain_id, network.user_address, recipient, AMOUNT, network.confirmations,
+            locked.tx_hash, log_index, locked.block_number, block["hash"].to_0x_hex(),
+            datetime.fromtimestamp(block["timestamp"], UTC),
+        )  # fmt: skip
+        await record_new(conn, [(tid, S.CONFIRMED)])
+    return tid
+
+
+async def locked_transfer(network: DevNetwork, pool: asyncpg.Pool) -> tuple[str, str, LockReceipt]:
+    """Lock AMOUNT on chain A for a fresh recipient on chain B; insert it CONFIRMED."""
+    source, target = chains(network)
+    recipient = new_recipient()
+    locked = lock(network, source, target, recipient)
+    tid = await insert_confirmed(pool, network, source, locked, recipient, target.chain_id)
+    return tid, recipient, locked
+
+
+def balance(chain: DevChain, holder: str) -> int:
+    value: int = token_contract(chain.w3, chain.token).functions.balanceOf(holder).call()
+    return value
+
+
+def releases_on_chain(network: DevNetwork, locked: LockReceipt) -> list[str]:
+    """Hashes of the transactions that emitted TransferReleased for this lock on chain B."""
+    source, target = chains(network)
+    logs = target.w3.eth.get_logs(
+        {
+            "address": Web3.to_checksum_address(target.bridge),
+            "topics": [
+                TRANSFER_RELEASED_TOPIC,
+                "0x" + source.chain_id.to_bytes(32, "big").hex(),
+                "0x" + locked.nonce.to_bytes(32, "big").hex(),
+            ],
+            "fromBlock": target.deploy_block,
+            "toBlock": "latest",
+        }
+    )
+    return [log["transactionHash"].to_0x_hex() for log in logs]
+
+
+async def history(pool: asyncpg.Pool, tid: str) -> list[tuple[Any, ...]]:
+    rows = await pool.fetch(
+        """
+        SELECT from_status, to_status, tx_hash FROM transfer_status_history
+         WHERE transfer_id = $1 ORDER BY id
+        """,
+        tid,
+    )
+    return [tuple(row) for row in rows]
+
+
+async def test_confirmed_transfer_is_released_once(dev_chains: DevNetwork, relayer: RelayerContext) -> None:
+    _, target = chains(dev_chains)
+    tid, recipient, locked = await locked_transfer(dev_chains, relayer.pool)
+    ctx = {CONTEXT_KEY: relayer}
+
+    assert await relay_transfer(ctx, tid) == "released"
+
+    assert balance(target, recipient) == AMOUNT
+    row = await relayer.pool.fetchrow("SELECT * FROM transfers WHERE id = $1", tid)
+    assert row["status"] == "RELEASED"
+    assert row["release_tx_hash"] is not None
+    assert row["release_block_number"] is not None
+    assert row["release_block_time"] is not None
+    assert row["attempts"] == 1
+    assert await history(relayer.pool, tid) == [
+        (None, "CONFIRMED", None),
+        ("CONFIRMED", "SUBMITTED", row["release_tx_hash"]),
+        ("SUBMITTED", "RELEASED", row["release_tx_hash"]),
+    ]
+    assert releases_on_chain(dev_chains, locked) == [row["release_tx_hash"]]
+
+    # At-least-once delivery: a second run changes nothing, on chain or in the database.
+    assert await relay_transfer(ctx, tid) == "noop"
+    assert balance(target, recipient) == AMOUNT
+    assert releases_on_chain(dev_chains, locked) == [row["release_tx_hash"]]
+    assert len(await history(relayer.pool, tid)) == 3
+
+
+async def test_release_already_processed_on_chain_is_success(
+    dev_chains: DevNetwork, relayer: RelayerContext
+) -> None:
+    source, target = chains(dev_chains)
+    tid, recipient, locked = await locked_transfer(dev_chains, relayer.pool)
+    order = ReleaseOrder(source.chain_id, source.bridge, locked.nonce, recipient, AMOUNT)
+    keys = [bytes.fromhex(key.removeprefix("0x")) for key in dev_chains.signer_keys]
+    signatures = sign_release_order(order, target.chain_id, target.bridge, keys)
+    call = bridge_contract(target.w3, target.bridge).functions.release(order.as_tuple(), signatures)
+    direct = send_transaction(target.w3, dev_chains.user_key, call, "releasing directly")
+
+    assert await relay_transfer({CONTEXT_KEY: relayer}, tid) == "already_released"
+
+    assert balance(target, recipient) == AMOUNT
+    row = await relayer.pool.fetchrow("SELECT * FROM transfers WHERE id = $1", tid)
+    assert row["status"] == "RELEASED"
+    assert row["release_tx_hash"] == direct["transactionHash"].to_0x_hex()
+    assert row["release_block_number"] == direct["blockNumber"]
+    assert (
+        await relayer.pool.fetchval("SELECT count(*) FROM release_attempts WHERE transfer_id = $1", tid) == 0
+    )
+    assert [h[:2] for h in await history(relayer.pool, tid)] == [
+        (None, "CONFIRMED"),
+        ("CONFIRMED", "RELEASED"),
+    ]
+
+
+async def test_release_signed_before_a_crash_is_rebroadcast_unchanged(
+    dev_chains: DevNetwork, relayer: RelayerContext
+) -> None:
+    _, target = chains(dev_chains)
+    tid, recipient, locked = await locked_transfer(dev_chains, relayer.pool)
+    # The submitter commits the signed transaction and SUBMITTED, then the process dies
+    # before eth_sendRawTransaction: the chain never saw the transaction.
+    transfer = await load_transfer(relayer.pool, tid)
+    assert transfer is not None
+    plan = plan_release(relayer, transfer)
+    assert isinstance(plan, ReleasePlan)
+    data = await Relay(relayer, transfer, plan).call_data()
+    call = ReleaseCall(tid, target.chain_id, plan.bridge.address, data)
+    attempt = await relayer.submitter.prepare(relayer.pool, plan.bridge.rpc, call)
+    assert (await relayer.pool.fetchval("SELECT status FROM transfers WHERE id = $1", tid)) == "SUBMITTED"
+
+    assert await relay_transfer({CONTEXT_KEY: relayer}, tid) == "released"
+
+    assert balance(target, recipient) == AMOUNT
+    assert releases_on_chain(dev_chains, locked) == [attempt.tx_hash]
+    row = await relayer.pool.fetchrow("SELECT status, release_tx_hash FROM transfers WHERE id = $1", tid)
+    assert tuple(row) == ("RELEASED", attempt.tx_hash)
+
+
+async def test_release_that_lost_the_race_reverts_and_counts_as_released(
+    dev_chains: DevNetwork, relayer: RelayerContext
+) -> None:
+    source, target = chains(dev_chains)
+    tid, recipient, locked = await locked_transfer(dev_chains, relayer.pool)
+    transfer = await load_transfer(relayer.pool, tid)
+    assert transfer is not None
+    plan = plan_release(relayer, transfer)
+    assert isinstance(plan, ReleasePlan)
+    data = await Relay(relayer, transfer, plan).call_data()
+    ours = await relayer.submitter.prepare(
+        relayer.pool, plan.bridge.rpc, ReleaseCall(tid, target.chain_id, plan.bridge.address, data)
+    )
+    # Before our signed transaction reaches the chain, someone else releases the order.
+    order = ReleaseOrder(source.chain_id, source.bridge, locked.nonce, recipient, AMOUNT)
+    keys = [bytes.fromhex(key.removeprefix("0x")) for key in dev_chains.signer_keys]
+    signatures = sign_release_order(order, target.chain_id, target.bridge, keys)
+    call = bridge_contract(target.w3, target.bridge).functions.release(order.as_tuple(), signatures)
+    direct = send_transaction(target.w3, dev_chains.user_key, call, "releasing directly")
+
+    # Ours is still broadcast (its nonce must not leave a gap), reverts, and the other one wins.
+    assert await relay_transfer({CONTEXT_KEY: relayer}, tid) == "already_released"
+
+    assert balance(target, recipient) == AMOUNT
+    winner = direct["transactionHash"].to_0x_hex()
+    assert releases_on_chain(dev_chains, locked) == [winner]
+    row = await relayer.pool.fetchrow("SELECT status, release_tx_hash FROM transfers WHERE id = $1", tid)
+    assert tuple(row) == ("RELEASED", winner)
+    attempt = await relayer.pool.fetchval(
+        "SELECT status FROM release_attempts WHERE tx_hash = $1", ours.tx_hash
+    )
+    assert attempt == "REVERTED"
+    assert target.w3.eth.get_transaction_receipt(ours.tx_hash)["status"] == 0  # type: ignore[arg-type]
+
+
+async def test_release_the_bridge_cannot_pay_yet_waits_and_is_retried(
+    dev_chains: DevNetwork, relayer: RelayerContext
+) -> None:
+    source, target = chains(dev_chains)
+    recipient = new_recipient()
+    locked = lock(dev_chains, source, target, recipient)
+    tid = await insert_confirmed(relayer.pool, dev_chains, source, locked, recipient, target.chain_id)
+    # More than the target bridge holds (as if liquidity had been drained).
+    await relayer.pool.execute("UPDATE transfers SET amount = $2 WHERE id = $1", tid, 10**30)
+
+    with pytest.raises(Retry):
+        await relay_transfer({CONTEXT_KEY: relayer}, tid)
+
+    row = await relayer.pool.fetchrow("SELECT status, last_error, attempts FROM transfers WHERE id = $1", tid)
+    assert row["status"] == "CONFIRMED"
+    assert "InsufficientLiquidity" in row["last_error"]
+    assert row["attempts"] == 1
+    assert (
+        await relayer.pool.fetchval("SELECT count(*) FROM release_attempts WHERE transfer_id = $1", tid) == 0
+    )
+    assert balance(target, recipient) == 0
+
+
+async def test_transfer_on_unconfigured_route_is_held(
+    dev_chains: DevNetwork, relayer: RelayerContext
+) -> None:
+    source, _ = chains(dev_chains)
+    recipient = new_recipient()
+    locked = lock(dev_chains, source, dev_chains.chain(31338), recipient)
+    tid = await insert_confirmed(relayer.pool, dev_chains, source, locked, recipient, target_chain_id=4_242)
+
+    assert await relay_transfer({CONTEXT_KEY: relayer}, tid) == "held"
+
+    row = await relayer.pool.fetchrow("SELECT status, last_error FROM transfers WHERE id = $1", tid)
+    assert row["status"] == "HELD"
+    assert "FTT:31337-4242 is not configured" in row["last_error"]
+    assert [h[:2] for h in await history(relayer.pool, tid)] == [(None, "CONFIRMED"), ("CONFIRMED", "HELD")]
+
+
+async def test_fewer_signer_keys_than_threshold_holds_the_transfer(
+    dev_chains: DevNetwork, clean_db: str, redis_url: str, queue_name: str
+) -> None:
+    settings = dev_chains.settings(
+        clean_db, redis_url, queue_name=queue_name, signer_keys=dev_chains.signer_keys[0]
+    )
+    relayer = await open_context(settings)
+    try:
+        _, target = chains(dev_chains)
+        tid, recipient, _ = await locked_transfer(dev_chains, relayer.pool)
+
+        assert await relay_transfer({CONTEXT_KEY: relayer}, tid) == "held"
+
+        row = await relayer.pool.fetchrow("SELECT status, last_error FROM transfers WHERE id = $1", tid)
+        assert row["status"] == "HELD"
+        assert "needs 2 signatures" in row["last_error"]
+        assert balance(target, recipient) == 0
+    finally:
+        await relayer.close()
+
+
+async def test_relayer_without_submitter_key_refuses_to_start(
+    dev_chains: DevNetwork, database_url: str, redis_url: str, queue_name: str
+) -> None:
+    settings = dev_chains.settings(database_url, redis_url, queue_name=queue_name, submitter_key=None)
+    with pytest.raises(ConfigError, match="FERRY_SUBMITTER_KEY"):
+        await run(settings)
+
+
+# --------------------------------------------------------------------- the real worker
+
+
+async def wait_for_status(pool: asyncpg.Pool, tid: str, status: str, worker: subprocess.Popen[bytes]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_LIMIT
+    while await pool.fetchval("SELECT status FROM transfers WHERE id = $1", tid) != status:
+        assert worker.poll() is None, f"the relayer exited early with code {worker.returncode}"
+        assert loop.time() < deadline, f"transfer {tid} did not reach {status}"
+        await asyncio.sleep(0.1)
+
+
+async def flush_queue(redis_url: str, queue_name: str, transfer_ids: list[str]) -> None:
+    """Lose everything this test's queue holds in Redis (and only that)."""
+    client = redis_asyncio.Redis.from_url(redis_url)
+    try:
+        keys = [queue_name, f"{queue_name}:health-check"]
+        for tid in transfer_ids:
+            job_id = relay_job_id(queue_name, tid)
+            keys += [f"arq:{kind}:{job_id}" for kind in ("job", "in-progress", "retry", "result")]
+        await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+def rpc(chain: DevChain, method: str, *params: Any) -> Any:
+    return chain.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+
+
+async def test_worker_releases_from_the_database_across_redis_flush_and_kill(
+    dev_chains: DevNetwork, relayer: RelayerContext, redis_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    _, target = chains(dev_chains)
+    env = {
+        **dev_chains.env(),
+        "FERRY_DATABASE_URL": relayer.settings.database_url.get_secret_value(),
+        "FERRY_REDIS_URL": redis_url,
+        "FERRY_QUEUE_NAME": queue_name,
+        "FERRY_METRICS_PORT": "0",
+        "FERRY_SWEEP_INTERVAL": "0.5",
+        "FERRY_RELEASE_TIMEOUT": "2",
+        "FERRY_LOG_FORMAT": "text",
+    }
+    group = ProcessGroup(env, logdir=tmp_path)
+    try:
+        worker = group.start("relayer-1", "relayer")
+        # The sweeper finds a confirmed transfer on its own: nothing is enqueued by hand.
+        first, first_recipient, _ = await locked_transfer(dev_chains, relayer.pool)
+        await wait_for_status(relayer.pool, first, "RELEASED", worker)
+        assert balance(target, first_recipient) == AMOUNT
+
+        # Chain B stops mining: the next release is signed, sent and left in flight...
+        rpc(target, "evm_setAutomine", False)
+        second, second_recipient, second_lock = await locked_transfer(dev_chains, relayer.pool)
+        await wait_for_status(relayer.pool, second, "SUBMITTED", worker)
+        # ... when the worker is killed mid-job and Redis loses the queue.
+        group.kill("relayer-1", signal.SIGKILL)
+        await flush_queue(redis_url, queue_name, [first, second])
+        third, third_recipient, _ = await locked_transfer(dev_chains, relayer.pool)
+
+        worker = group.start("relayer-2", "relayer")
+        rpc(target, "evm_mine")
+        rpc(target, "evm_setAutomine", True)
+        await wait_for_status(relayer.pool, second, "RELEASED", worker)
+        await wait_for_status(relayer.pool, third, "RELEASED", worker)
+    finally:
+        rpc(target, "evm_setAutomine", True)
+        group.stop()
+
+    assert group.processes["relayer-2"].returncode == 0, "SIGTERM must stop the relayer cleanly"
+    assert balance(target, second_recipient) == AMOUNT
+    assert balance(target, third_recipient) == AMOUNT
+    sent = await relayer.pool.fetchval(
+        "SELECT tx_hash FROM release_attempts WHERE transfer_id = $1 ORDER BY id LIMIT 1", second
+    )
+    assert releases_on_chain(dev_chains, second_lock) == [sent]
+    assert [h[:2] for h in await history(relayer.pool, second)] == [
+        (None, "CONFIRMED"),
+        ("CONFIRMED", "SUBMITTED"),
+        ("SUBMITTED", "RELEASED"),
+    ]

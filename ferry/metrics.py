@@ -40,9 +40,23 @@ SUBSCRIPTIONS = Gauge("ferry_gateway_subscriptions", "Active GraphQL subscriptio
 FANOUT_DROPPED = Counter(
     "ferry_gateway_slow_consumers_dropped_total", "Subscribers cut off for falling behind"
 )
+CHANGES_READ = Counter(
+    "ferry_gateway_changes_read_total", "Status history rows the gateway's change feed read and fanned out"
+)
+CHANGE_FEED_CURSOR = Gauge(
+    "ferry_gateway_change_feed_cursor", "Highest status history id the gateway's change feed has fanned out"
+)
 
 
 def serve(host: str, port: int) -> None:
     """Expose ``/metrics`` on ``host:port`` from a background thread (port 0 disables)."""
     if port:
         start_http_server(port, addr=host)
+
+
+# Indexer (appended)
+INDEXER_ERRORS = Counter(
+    "ferry_indexer_errors_total",
+    "Failed indexer steps by kind (rpc, database, reorg, unexpected)",
+    ["chain", "kind"],
+)

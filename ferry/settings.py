@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from eth_utils.address import is_address, to_checksum_address
+from eth_utils.address import is_address, is_checksum_address, to_checksum_address
 from pydantic import (
     AfterValidator,
     AliasChoices,
@@ -47,6 +47,9 @@ class ConfigError(Exception):
 def _checksum(value: str) -> str:
     if not isinstance(value, str) or not is_address(value):
         raise ValueError(f"expected a 0x-prefixed 20-byte hex address, got {value!r}")
+    body = value[2:]
+    if body != body.lower() and body != body.upper() and not is_checksum_address(value):
+        raise ValueError(f"{value} has mixed case but a wrong EIP-55 checksum (a typo?)")
     return to_checksum_address(value)
 
 

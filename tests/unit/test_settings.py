@@ -57,6 +57,7 @@ def test_unset_variable_is_named(tmp_path: Path) -> None:
         (("confirmations: 3", "confirmations: 0"), r"chains\.0\.confirmations: .*greater than or equal to 1"),
         ((BRIDGE.lower(), "0x1234"), r"chains\.0\.bridges\.FTT\.bridge: expected a 0x-prefixed 20-byte hex"),
         (("target: 2", "target: 3"), r"routes\[0\]\.target: no chain with id 3"),
+        ((TOKEN, TOKEN.replace("e7f", "E7f")), r"wrong EIP-55 checksum"),
         (("token: FTT, source", "token: USDC, source"), r"chain one has no bridge for token 'USDC'"),
         (
             ("    name: two", "    name: two\n    colour: blue"),

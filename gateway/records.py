@@ -1,0 +1,81 @@
+"""Plain records of what the gateway reads: one transfer row, one status change.
+
+They are immutable so a change read once by the change feed can be shared by
+every subscriber of that transfer without copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from ferry.domain import TransferStatus
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRecord:
+    """The columns of ``transfers`` that the API shows."""
+
+    id: str
+    route_id: str
+    token: str
+    source_chain_id: int
+    source_bridge: str
+    nonce: Decimal
+    target_chain_id: int
+    sender: str
+    recipient: str
+    amount: Decimal
+    status: TransferStatus
+    confirmations_required: int
+    lock_tx_hash: str
+    lock_block_number: int
+    lock_block_time: datetime
+    release_tx_hash: str | None
+    release_block_number: int | None
+    release_block_time: datetime | None
+    attempts: int
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> TransferRecord:
+        values = {name: row[name] for name in TRANSFER_COLUMNS}
+        values["status"] = TransferStatus(values["status"])
+        return cls(**values)
+
+
+TRANSFER_COLUMNS: tuple[str, ...] = tuple(TransferRecord.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """One row of ``transfer_status_history``; ``id`` is the change cursor (commit order)."""
+
+    id: int
+    transfer_id: str
+    from_status: TransferStatus | None
+    to_status: TransferStatus
+    reason: str | None
+    tx_hash: str | None
+    block_number: int | None
+    at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> StatusChange:
+        previous = row["from_status"]
+        return cls(
+            id=row["id"],
+            transfer_id=row["transfer_id"],
+            from_status=TransferStatus(previous) if previous is not None else None,
+            to_status=TransferStatus(row["to_status"]),
+            reason=row["reason"],
+            tx_hash=row["tx_hash"],
+            block_number=row["block_number"],
+            at=row["created_at"],
+        )
+
+
+HISTORY_COLUMNS = "id, transfer_id, from_status, to_status, reason, tx_hash, block_number, created_at"

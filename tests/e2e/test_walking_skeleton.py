@@ -46,9 +46,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: str
-) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: str) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("e2e")
     network = start_dev_network(workdir / "chains", block_time=1)
     graphql_port, health_port = free_port(), free_port()

@@ -22,7 +22,9 @@ async def subscribe(
 ) -> AsyncIterator[dict[str, Any]]:
     """Yield each ``next`` payload of one subscription (graphql-transport-ws)."""
     ws_url = url.replace("http://", "ws://", 1)
-    async with websockets.connect(ws_url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]) as ws:
+    async with websockets.connect(
+        ws_url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]
+    ) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
         ack = json.loads(await ws.recv())
         assert ack["type"] == "connection_ack", ack

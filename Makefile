@@ -18,7 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Ferry needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,embedded]'
+	# NOTE: compat mode puts the checkout on sys.path, so new modules need no reinstall.
+	$(BIN)/pip install --quiet -e '.[dev,embedded]' --config-settings editable_mode=compat
 	@touch $@
 
 # NOTE: --ignore-scripts: anvil's binary arrives as an optional platform package, so its

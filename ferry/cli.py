@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         "--workdir", default=".ferry", help="folder for the dev chains file and embedded services"
     )
     dev.add_argument("--demo-transfers", type=int, default=3, help="demo transfers per direction")
+    dev.add_argument("--database", default="ferry_dev", help="database to (re)create for the dev stack")
     dev.add_argument(
         "--exit-after-demo", action="store_true", help="stop once the demo transfers are released"
     )
@@ -69,7 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
-        logs.configure(args.command, fmt=settings.log_format, level=settings.log_level)
+        fmt = settings.log_format
+        if args.command == "dev" and "FERRY_LOG_FORMAT" not in os.environ:
+            fmt = "text"  # a person is watching
+        logs.configure(args.command, fmt=fmt, level=settings.log_level)
         logs.register_secret(settings.database_url.get_secret_value())
         logs.register_secret(settings.redis_url.get_secret_value())
         if args.command in _SERVICES:

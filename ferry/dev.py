@@ -1,6 +1,7 @@
 """``ferry dev``: the whole bridge on two local chains, with demo transfers.
 
-Starts (or reuses) PostgreSQL and Redis, recreates the ``ferry_dev`` database and
+Starts (or reuses) PostgreSQL and Redis, recreates the ``ferry_dev`` database (or
+the one ``--database`` names) and
 migrates it, starts anvil chains 31337 and 31338 with token and bridge deployed and
 funded, runs indexer, relayer and gateway as separate processes, sends demo
 transfers both ways and prints where to look. Ctrl-C stops everything it started.
@@ -29,7 +30,6 @@ from ferry.migrate import upgrade
 from ferry.services import Embedded, ensure_postgres, ensure_redis
 from ferry.settings import Settings, load_settings
 
-DEV_DATABASE = "ferry_dev"
 FINAL = {"RELEASED", "FINALIZED", "FAILED", "HELD"}
 DELIVERED = {"RELEASED", "FINALIZED"}
 
@@ -47,13 +47,15 @@ def _port_or_free(port: int) -> int:
     return port
 
 
-def _fresh_database(server_url: str) -> str:
+def _fresh_database(server_url: str, name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise SystemExit(f"ferry dev: --database must be letters, digits and underscores, got {name!r}")
     parts = urlsplit(server_url)
     admin = urlunsplit(parts._replace(path="/postgres"))
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DEV_DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DEV_DATABASE}"')
-    return urlunsplit(parts._replace(path=f"/{DEV_DATABASE}"))
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 def _stop_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
@@ -68,13 +70,18 @@ def run_dev(args: argparse.Namespace) -> int:
     network: DevNetwork | None = None
     group: ProcessGroup | None = None
     try:
-        postgres = ensure_postgres(settings.database_url.get_secret_value(), workdir / "postgres")
+        # NOTE: probe the server through its maintenance database: the configured
+        # database may not exist yet, and ``ferry dev`` makes its own anyway.
+        server = urlsplit(settings.database_url.get_secret_value())._replace(path="/postgres")
+        postgres = ensure_postgres(urlunsplit(server), workdir / "postgres")
         redis = ensure_redis(settings.redis_url.get_secret_value(), workdir / "redis")
         started += [postgres, redis]
-        database_url = _fresh_database(postgres.url)
+        database_url = _fresh_database(postgres.url, args.database)
         upgrade(database_url)
         _say("database migrated; starting chains 31337 and 31338")
-        network = start_dev_network(workdir / "chains", ports=[_port_or_free(8545), _port_or_free(8546)])
+        network = start_dev_network(
+            workdir / "chains", ports=[_port_or_free(8545), _port_or_free(8546)], block_time=1
+        )
         group = _start_processes(settings, network, database_url, redis.url, workdir / "logs")
         graphql = f"http://{settings.graphql_host}:{settings.graphql_port}/graphql"
         _wait_ready(settings, group)
@@ -195,4 +202,10 @@ def _wait_for_demo(graphql: str, ids: list[str], group: ProcessGroup, timeout: f
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run_dev(argparse.Namespace(workdir=".ferry", demo_transfers=3, exit_after_demo=False)))
+    sys.exit(
+        run_dev(
+            argparse.Namespace(
+                workdir=".ferry", demo_transfers=3, exit_after_demo=False, database="ferry_dev"
+            )
+        )
+    )

@@ -82,5 +82,5 @@ def configure(process: str, *, fmt: str = "json", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "web3", "urllib3", "asyncio", "websockets"):
+    for noisy in ("httpx", "httpcore", "web3", "urllib3", "asyncio", "websockets", "pgserver"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -16,7 +16,6 @@ CHAIN_HEAD = Gauge("ferry_chain_head_block", "Latest block number reported by th
 INDEXED_BLOCK = Gauge("ferry_indexer_indexed_block", "Highest block the indexer has committed", ["chain"])
 INDEXER_LAG = Gauge("ferry_indexer_lag_blocks", "Node head minus indexed block", ["chain"])
 EVENTS_INDEXED = Counter("ferry_indexer_events_total", "Bridge events committed", ["chain", "event"])
-RPC_REQUESTS = Counter("ferry_rpc_requests_total", "JSON-RPC requests", ["chain", "endpoint", "outcome"])
 
 # Transfers (business)
 TRANSFER_TRANSITIONS = Counter(

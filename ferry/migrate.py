@@ -25,7 +25,7 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+def upgrade(database_url: str, revision: str = "heads") -> None:
     """Bring the database to ``revision``; safe to run repeatedly and concurrently-ish
     (Alembic's version table serialises it inside one transaction)."""
     command.upgrade(alembic_config(database_url), revision)

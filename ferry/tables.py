@@ -191,3 +191,38 @@ class ReleaseAttempt(SQLModel, table=True):
 
 
 metadata = SQLModel.metadata
+
+
+class OperatorRequest(SQLModel, table=True):
+    """An operator's action on a route or a transfer: the request and its audit record.
+
+    Written by whoever the operator used (the gateway's admin mutations, the CLI):
+    who, what, when, from where. Acted on by the process that owns the data (the
+    relayer for transfer actions), which fills ``processed_at`` and ``outcome``.
+    Rows are never deleted: this table is the audit log.
+    """
+
+    __tablename__ = "operator_requests"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "action IN ('PAUSE_ROUTE','RESUME_ROUTE','RETRY','CANCEL','APPROVE','REJECT')",
+            name="operator_requests_action_known",
+        ),
+        sa.Index(
+            "operator_requests_unprocessed_idx",
+            "id",
+            postgresql_where=sa.text("processed_at IS NULL"),
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    action: str
+    transfer_id: str | None = Field(default=None, foreign_key="transfers.id", index=True)
+    route_id: str | None = Field(default=None, foreign_key="routes.route_id")
+    actor: str = Field(description="who: the JWT subject, the API key's name, or cli:<user>")
+    actor_role: str
+    origin: str | None = Field(default=None, description="from where: client address or host")
+    reason: str | None = None
+    created_at: datetime = Field(sa_column=_ts(default=True))
+    processed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    outcome: str | None = Field(default=None, description="what happened, in a sentence")

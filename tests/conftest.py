@@ -25,7 +25,6 @@ from ferry.migrate import upgrade
 from ferry.services import Embedded, ensure_postgres, ensure_redis
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = "release_attempts, transfer_status_history, releases_seen, transfers, routes, blocks, chains"
 
 
 @pytest.fixture(scope="session")
@@ -74,8 +73,13 @@ def queue_name() -> str:
 
 @pytest.fixture
 def clean_db(database_url: str) -> str:
+    """Every table of the public schema emptied (the migrations' own bookkeeping kept)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+        rows = conn.execute(
+            "SELECT quote_ident(tablename) FROM pg_tables"
+            " WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+        ).fetchall()
+        conn.execute(f"TRUNCATE {', '.join(r[0] for r in rows)} RESTART IDENTITY CASCADE")
     return database_url
 
 

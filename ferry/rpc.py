@@ -11,7 +11,8 @@ endpoint is named by ``redact_url``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,12 +48,21 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
-class RpcClient:
-    """JSON-RPC over HTTP with optional batching. One instance per endpoint."""
+#: Called after every HTTP round trip: (method, seconds, the exception raised or None).
+RequestObserver = Callable[[str, float, BaseException | None], None]
 
-    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+
+class RpcClient:
+    """JSON-RPC over HTTP with optional batching. One instance per endpoint.
+
+    ``observer``, when given, hears of every round trip (for per-endpoint health
+    metrics); it must be cheap and must not raise.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 10.0, observer: RequestObserver | None = None) -> None:
         self.url = url
         self.name = redact_url(url)
+        self.observer = observer
         self._ids = itertools.count(1)
         self._http = httpx.AsyncClient(timeout=timeout, headers={"content-type": "application/json"})
 
@@ -78,6 +88,18 @@ class RpcClient:
         return [self._result(by_id.get(r["id"]), r["id"], r["method"]) for r in requests]
 
     async def _post(self, payload: Any, method: str) -> Any:
+        if self.observer is None:
+            return await self._send(payload, method)
+        started = time.perf_counter()
+        try:
+            body = await self._send(payload, method)
+        except BaseException as exc:
+            self.observer(method, time.perf_counter() - started, exc)
+            raise
+        self.observer(method, time.perf_counter() - started, None)
+        return body
+
+    async def _send(self, payload: Any, method: str) -> Any:
         try:
             response = await self._http.post(self.url, json=payload)
         except httpx.TimeoutException:

@@ -1,9 +1,7 @@
 """Reading one chain: its RPC endpoints, the head, bridge logs and block headers.
 
-``Endpoints`` is the failover seam: it hands out the current endpoint (checking
-once that it serves the configured chain id) and rotates to the next one when
-the follower reports a failure. Health scoring or quorum reads can replace the
-rotation later without touching the follower.
+``Endpoints`` (``indexer.endpoints``) is the failover seam: health, backoff,
+rotation and rate-limit throttling; this module only reads through it.
 
 ``ChainReader.read_range`` returns a ``ChainRange``: everything one indexing step
 needs from the chain, already decoded and checked for consistency (every event's
@@ -22,13 +20,21 @@ from typing import Any
 
 from ferry.contracts import TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC
 from ferry.rpc import RpcClient, RpcGarbage, quantity
-from ferry.settings import ChainConfig, ConfigError
+from ferry.settings import ChainConfig
+from indexer.bloom import may_contain
 from indexer.decode import BridgeEvent, LockEvent, ReleaseEvent, decode_log
+from indexer.endpoints import Endpoints
 
 log = logging.getLogger(__name__)
 
 #: Headers fetched per JSON-RPC batch request.
 HEADER_BATCH = 100
+#: Blocks beyond twice the confirmations whose headers are kept dense near the head.
+DENSE_MARGIN = 16
+
+
+class EmptyLogsSuspect(RpcGarbage):
+    """An empty ``eth_getLogs`` answer that a block's logs bloom contradicts."""
 
 
 class ChainMoved(Exception):
@@ -41,6 +47,7 @@ class BlockHeader:
     hash: str
     parent_hash: str
     timestamp: datetime
+    logs_bloom: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,57 +60,11 @@ class ChainRange:
     locks: tuple[LockEvent, ...] = ()
     releases: tuple[ReleaseEvent, ...] = ()
     headers: Mapping[int, BlockHeader] = field(default_factory=dict)
+    finalized: int | None = None
 
     @property
     def empty(self) -> bool:
         return self.last < self.first
-
-
-class Endpoints:
-    """The RPC endpoints of one chain, used one at a time, rotated on failure."""
-
-    def __init__(self, chain: ChainConfig, clients: Sequence[RpcClient] | None = None) -> None:
-        self.chain = chain
-        self._clients = list(clients) if clients is not None else _http_clients(chain)
-        self._index = 0
-        self._verified: set[int] = set()
-
-    @property
-    def current_name(self) -> str:
-        """The current endpoint as ``scheme://host:port`` (never the full URL)."""
-        return self._clients[self._index].name
-
-    async def client(self) -> RpcClient:
-        """The current endpoint, after checking once that it serves this chain."""
-        rpc = self._clients[self._index]
-        if self._index not in self._verified:
-            served = await rpc.chain_id()
-            if served != self.chain.id:
-                raise RpcGarbage(
-                    f"{rpc.name} serves chain id {served}, but chain {self.chain.name} is configured "
-                    f"as {self.chain.id}; fix its rpc_urls"
-                )
-            self._verified.add(self._index)
-        return rpc
-
-    def rotate(self) -> None:
-        self._index = (self._index + 1) % len(self._clients)
-
-    async def close(self) -> None:
-        for rpc in self._clients:
-            await rpc.close()
-
-
-def _http_clients(chain: ChainConfig) -> list[RpcClient]:
-    urls = [url for url in chain.rpc_urls if url.startswith(("http://", "https://"))]
-    if not urls:
-        raise ConfigError(
-            f"chain {chain.name} lists only WebSocket rpc_urls; the indexer needs at least one "
-            "http:// or https:// endpoint"
-        )
-    if len(urls) < len(chain.rpc_urls):
-        log.warning("chain %s: WebSocket rpc_urls are not used by the indexer yet", chain.name)
-    return [RpcClient(url) for url in urls]
 
 
 class ChainReader:
@@ -113,21 +74,36 @@ class ChainReader:
         self.chain = chain
         self.endpoints = endpoints
         self._bridges = sorted(d.bridge.lower() for d in chain.bridges.values())
+        self._suspect_empty: set[tuple[int, int]] = set()
 
     async def read_range(self, cursor: int) -> ChainRange:
-        """The next range after ``cursor`` (at most ``log_range`` blocks), or an empty one at the head."""
+        """The next range after ``cursor`` (at most ``log_range`` blocks), or an empty one at the head.
+
+        An empty range carries the header of the cursor's block, so the caller can see a
+        reorg that replaced the indexed tip even while no new block arrives.
+        """
         rpc = await self.endpoints.client()
         head = await rpc.block_number()
+        finalized = await self._finalized(rpc)
         first, last = cursor + 1, min(head, cursor + self.chain.log_range)
         if last < first:
-            return ChainRange(head, first, cursor)
+            tip = await self._headers(rpc, [cursor]) if 0 <= cursor <= head else {}
+            return ChainRange(head, first, cursor, headers=tip, finalized=finalized)
+        before = (await self._headers(rpc, [last]))[last]
         raw_logs = await rpc.get_logs(
             self._bridges, [[TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC]], first, last
         )
         events = [self._decode(raw, first, last) for raw in raw_logs if not _removed(raw)]
-        numbers = {e.block_number for e in events} | {first, last}
+        dense_from = max(first, head - self.dense_window + 1)
+        numbers = {e.block_number for e in events} | {first, last} | set(range(dense_from, last + 1))
         headers = await self._headers(rpc, sorted(numbers))
         _check_same_blocks(events, headers)
+        if not events:
+            self._check_empty(rpc, first, last, headers.values())
+        if headers[last].hash != before.hash:
+            # NOTE: the last block's hash commits to every block below it: if it changed, the
+            # logs may come from another branch (even blocks without events), so read again.
+            raise ChainMoved(f"block {last} changed while its range was read")
         return ChainRange(
             head,
             first,
@@ -135,7 +111,55 @@ class ChainReader:
             tuple(e for e in events if isinstance(e, LockEvent)),
             tuple(e for e in events if isinstance(e, ReleaseEvent)),
             headers,
+            finalized,
         )
+
+    async def read_between(self, rpc: RpcClient, first: int, last: int, head: int) -> ChainRange:
+        """Blocks ``first..last``, deep below the head (a backfill): headers only where needed."""
+        raw_logs = await rpc.get_logs(
+            self._bridges, [[TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC]], first, last
+        )
+        events = [self._decode(raw, first, last) for raw in raw_logs if not _removed(raw)]
+        headers = await self._headers(rpc, sorted({e.block_number for e in events} | {first, last}))
+        _check_same_blocks(events, headers)
+        if not events:
+            self._check_empty(rpc, first, last, headers.values())
+        locks = tuple(e for e in events if isinstance(e, LockEvent))
+        releases = tuple(e for e in events if isinstance(e, ReleaseEvent))
+        return ChainRange(head, first, last, locks, releases, headers)
+
+    def _check_empty(self, rpc: RpcClient, first: int, last: int, headers: Iterable[BlockHeader]) -> None:
+        """An empty answer must agree with the blooms of the headers at hand (once; see indexer.bloom)."""
+        topics = (TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC)
+        if not any(may_contain(h.logs_bloom, self._bridges, topics) for h in headers):
+            return
+        if (first, last) in self._suspect_empty:
+            self._suspect_empty.discard((first, last))
+            return  # NOTE: asked twice, empty twice: a bloom false positive, most likely
+        self._suspect_empty.add((first, last))
+        raise EmptyLogsSuspect(
+            f"{rpc.name}: eth_getLogs found nothing in blocks {first}..{last}, but a block's logs bloom "
+            "says the bridge may have logged there"
+        )
+
+    @property
+    def dense_window(self) -> int:
+        """Blocks below the head whose headers are all kept, so a reorg finds its exact ancestor."""
+        return 2 * self.chain.confirmations + DENSE_MARGIN
+
+    async def _finalized(self, rpc: RpcClient) -> int | None:
+        if self.chain.finality != "finalized":
+            return None
+        block = await rpc.get_block("finalized")
+        if block is None:
+            raise RpcGarbage(
+                f"{rpc.name} has no 'finalized' block; set finality: confirmations for this chain"
+            )
+        return quantity(block.get("number"), "finalized block number")
+
+    async def header(self, rpc: RpcClient, number: int) -> BlockHeader:
+        """One block header from ``rpc`` (RpcGarbage when the node does not have it)."""
+        return (await self._headers(rpc, [number]))[number]
 
     def _decode(self, raw: Any, first: int, last: int) -> BridgeEvent:
         if not isinstance(raw, dict):
@@ -174,6 +198,7 @@ def parse_header(answer: Any, number: int) -> BlockHeader:
         _hash(answer.get("hash"), "hash"),
         _hash(answer.get("parentHash"), "parentHash"),
         datetime.fromtimestamp(quantity(answer.get("timestamp"), "block timestamp"), UTC),
+        answer.get("logsBloom") if isinstance(answer.get("logsBloom"), str) else None,
     )
 
 
@@ -190,7 +215,14 @@ def _check_same_blocks(events: Iterable[BridgeEvent], headers: Mapping[int, Bloc
 
 
 def breaks_continuity(indexed_hash: str | None, chain_range: ChainRange) -> bool:
-    """True when the range's first block does not build on the block the cursor points at."""
-    if indexed_hash is None or chain_range.empty:
+    """True when the range does not build on the block the cursor points at.
+
+    For a range, its first block's parent must be the cursor's block; for an empty
+    range (at the head), the cursor's block must still be the node's block there.
+    """
+    if indexed_hash is None:
         return False
+    if chain_range.empty:
+        tip = chain_range.headers.get(chain_range.last)
+        return tip is not None and tip.hash != indexed_hash.lower()
     return chain_range.headers[chain_range.first].parent_hash != indexed_hash.lower()

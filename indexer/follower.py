@@ -13,17 +13,24 @@ Each ``step`` is one iteration, easy to drive from tests:
    the history and NOTIFY through ``ferry.transitions``.
 
 ``run`` loops over ``step`` and keeps going through failures: RPC trouble (an
-error, an unreachable node, garbage, a malformed log) rotates to the next
-endpoint with backoff; database trouble pauses and retries. A range whose first
-block does not build on the cursor's block raises ``ReorgDetected``; until reorg
-handling lands, the follower stops advancing (loudly) rather than index a fork.
+error, an unreachable node, garbage, a malformed log, a lagging node) rotates to
+the next endpoint with backoff; database trouble pauses and retries.
+
+When the node's blocks do not build on the indexed tip, the step becomes a
+reorg check instead (``indexer.reorgs``): never on an endpoint whose head is
+below the indexed block, walked to the common ancestor, confirmed by a second
+endpoint where one is configured, and rolled back in one transaction
+(``indexer.rollback``). The next steps re-index the new branch from the ancestor.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -34,21 +41,23 @@ from ferry.rpc import RpcError, RpcGarbage, RpcUnavailable
 from ferry.settings import ChainConfig, ChainsConfig
 from ferry.transitions import Change, move_transfers
 from indexer import lifecycle, store
-from indexer.chain import ChainMoved, ChainRange, ChainReader, Endpoints, breaks_continuity
+from indexer.backfill import backfill
+from indexer.chain import BlockHeader, ChainMoved, ChainRange, ChainReader, breaks_continuity
 from indexer.decode import MalformedLog
+from indexer.endpoints import Endpoints
+from indexer.reorgs import EndpointLagging, ReorgBeyondHistory, find_reorg
+from indexer.rollback import CursorMoved, Rollback, roll_back
 
 log = logging.getLogger(__name__)
 
+#: Changes per transaction logged one by one; above this, one summary line.
+ANNOUNCE_EACH = 100
+#: Blocks another endpoint may be ahead of the current one before the current one counts as lagging.
+LAG_TOLERANCE = 3
+#: Seconds between two comparisons of the endpoints' heads (only while at the head).
+LAG_CHECK_INTERVAL = 5.0
 RPC_FAILURES = (RpcError, RpcUnavailable, RpcGarbage, MalformedLog)
 DATABASE_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, DatabaseUnavailable)
-
-
-class ReorgDetected(Exception):
-    """The chain no longer contains the block the cursor points at."""
-
-
-class CursorMoved(Exception):
-    """Another writer advanced this chain's cursor while this step was reading."""
 
 
 @dataclass(frozen=True)
@@ -60,10 +69,11 @@ class StepResult:
     new_transfers: int
     new_releases: int
     changes: tuple[Change, ...]
+    rollback: Rollback | None = None
 
     @property
     def caught_up(self) -> bool:
-        return self.indexed_block >= self.head
+        return self.indexed_block >= self.head and self.rollback is None
 
 
 class Backoff:
@@ -95,37 +105,128 @@ class Follower:
         self.pool = pool
         self.endpoints = endpoints or Endpoints(chain)
         self.reader = ChainReader(chain, self.endpoints)
+        self._next_lag_check = 0.0
+        #: For the watchdog: the node's head and the indexed block last seen, and when the
+        #: indexer last made progress (advanced, rolled back, or was at the head).
+        self.head: int | None = None
+        self.indexed: int | None = None
+        self.progress_at = time.monotonic()
 
     async def step(self) -> StepResult:
-        """One iteration: read the next range and commit it. Raises on any failure."""
-        cursor = await self._cursor()
+        """One iteration: read the next range and commit it (or roll back a reorg). Raises on failure."""
+        cursor = await self.load_cursor()
         chain_range = await self.reader.read_range(cursor.block)
-        if breaks_continuity(cursor.hash, chain_range):
-            raise ReorgDetected(
-                f"block {chain_range.first} of chain {self.chain.name} does not build on indexed block "
-                f"{cursor.block} ({cursor.hash})"
+        self.head = chain_range.head
+        if chain_range.head < cursor.block:
+            raise EndpointLagging(
+                f"{self.endpoints.current_name} reports head {chain_range.head}, below indexed block "
+                f"{cursor.block} of chain {self.chain.name}: it is behind"
             )
-        result = await self._commit(cursor.block, chain_range)
-        self._observe(result, chain_range)
+        if chain_range.empty:
+            await self._check_lag(chain_range.head)
+        if breaks_continuity(cursor.hash, chain_range):
+            disputed = chain_range.headers[chain_range.last if chain_range.empty else chain_range.first]
+            return await self._reorg(cursor, chain_range.head, disputed)
+        result = await self.commit(cursor.block, chain_range)
+        self.observe(result, chain_range)
+        self.progressed(result)
         return result
+
+    def progressed(self, result: StepResult) -> None:
+        if self.indexed is None or result.indexed_block != self.indexed or result.caught_up:
+            self.progress_at = time.monotonic()
+        self.indexed = result.indexed_block
+
+    @property
+    def stalled_for(self) -> float:
+        """Seconds without progress while the node's head is above the indexed block (0 otherwise)."""
+        if self.head is None or self.indexed is None or self.head <= self.indexed:
+            return 0.0
+        return time.monotonic() - self.progress_at
+
+    async def _check_lag(self, head: int) -> None:
+        """Every ``LAG_CHECK_INTERVAL`` s at the head: leave an endpoint that others are well ahead of."""
+        now = time.monotonic()
+        if now < self._next_lag_check:
+            return
+        self._next_lag_check = now + LAG_CHECK_INTERVAL
+        for witness in await self.endpoints.witnesses():
+            try:
+                other = await witness.block_number()
+            except (RpcError, RpcUnavailable, RpcGarbage):
+                continue
+            if other > head + LAG_TOLERANCE:
+                raise EndpointLagging(
+                    f"{self.endpoints.current_name} reports head {head} of chain {self.chain.name}, "
+                    f"{other - head} blocks behind {witness.name}"
+                )
+
+    async def _reorg(self, cursor: store.Cursor, head: int, disputed: BlockHeader) -> StepResult:
+        """Find the common ancestor below ``disputed`` and roll back to it in one transaction."""
+        rpc = await self.endpoints.client()
+        async with self.pool.acquire() as conn:
+            reorg = await find_reorg(conn, self.chain, self.reader, rpc, cursor, disputed)
+            if reorg is None:
+                raise ChainMoved(f"block {disputed.number} of chain {self.chain.name} changed while read")
+            async with conn.transaction():
+                rollback = await roll_back(conn, self.chain, reorg)
+        _announce(list(rollback.changes), {})
+        self._observe_rollback(rollback)
+        result = StepResult(head, reorg.ancestor.number, 0, 0, rollback.changes, rollback)
+        self.progressed(result)
+        return result
+
+    def _observe_rollback(self, rollback: Rollback) -> None:
+        name, reorg, extra = self.chain.name, rollback.reorg, {"chain_id": self.chain.id}
+        metrics.REORGS.labels(chain=name).inc()
+        metrics.REORG_DEPTH.labels(chain=name).observe(reorg.depth)
+        metrics.INDEXED_BLOCK.labels(chain=name).set(reorg.ancestor.number)
+        log.warning(
+            "chain %s: reorg of %d blocks rolled back to block %d; %d transfers orphaned, %d releases undone",
+            name,
+            reorg.depth,
+            reorg.ancestor.number,
+            len(rollback.orphaned),
+            len(rollback.reopened),
+            extra=extra,
+        )
+        if rollback.deep:
+            metrics.DEEP_REORGS.labels(chain=name).inc()
+            log.error(
+                "chain %s: reorg of %d blocks is deeper than its finality: transfers %s lost their lock or "
+                "finalized release (policy %s); routes paused: %s. Check them (table reorgs) before "
+                "resuming the routes",
+                name,
+                reorg.depth,
+                ", ".join(rollback.affected),
+                self.chain.reorg_policy,
+                ", ".join(rollback.paused_routes) or "none",
+                extra=extra,
+            )
 
     async def run(self) -> None:
         """Step forever; sleep ``poll_interval`` when caught up; survive RPC and database failures."""
         backoff = Backoff()
+        backfilled = False
         while True:
             try:
+                if not backfilled:
+                    await backfill(self)
+                    backfilled = True
                 result = await self.step()
             except Exception as exc:  # classified and logged in _failed
+                backfilled = False  # NOTE: after a failure, catch up at full speed again
                 await asyncio.sleep(self._failed(exc, backoff))
                 continue
             backoff.reset()
+            self.endpoints.succeeded()
             if result.caught_up:
                 await asyncio.sleep(self.chain.poll_interval)
 
     async def close(self) -> None:
         await self.endpoints.close()
 
-    async def _cursor(self) -> store.Cursor:
+    async def load_cursor(self) -> store.Cursor:
         async with self.pool.acquire() as conn:
             cursor = await store.load_cursor(conn, self.chain.id)
             if cursor is None:
@@ -134,13 +235,15 @@ class Follower:
         assert cursor is not None
         return cursor
 
-    async def _commit(self, expected: int, chain_range: ChainRange) -> StepResult:
+    async def commit(self, expected: int, chain_range: ChainRange, *, backfill: bool = False) -> StepResult:
+        """Commit one range in one transaction; a backfill inserts its (final) locks CONFIRMED at once."""
         chain, head = self.chain, chain_range.head
         async with self.pool.acquire() as conn, conn.transaction():
             await store.record_blocks(conn, chain.id, chain_range.headers.values())
-            new = await store.insert_locks(conn, chain, self.config, chain_range)
+            final = self._final_through(chain_range) if backfill else -1
+            new, reappeared = await store.insert_locks(conn, chain, self.config, chain_range, final)
             new_releases = await store.insert_releases(conn, chain.id, chain_range.releases)
-            confirmed = await lifecycle.due_confirmations(conn, chain.id, head)
+            confirmed = await lifecycle.due_confirmations(conn, chain.id, head, chain_range.finalized)
             to_link = [r.transfer_id for r in chain_range.releases] + [d.transfer_id for d in new + confirmed]
             released = await lifecycle.link_releases(conn, to_link)
             finalized = await lifecycle.due_finalizations(
@@ -150,18 +253,28 @@ class Follower:
                 raise CursorMoved(f"the cursor of chain {chain.name} moved past block {expected}")
             changes = await move_transfers(
                 conn,
-                lifecycle.moves(confirmed, released, finalized),
-                created=[(d.transfer_id, TransferStatus.PENDING) for d in new],
+                lifecycle.reappeared(reappeared) + lifecycle.moves(confirmed, released, finalized),
+                created=[(d.transfer_id, TransferStatus(d.status or "PENDING")) for d in new],
             )
-        routes = {d.transfer_id: d.route_id for d in (*new, *confirmed, *released, *finalized)}
+        routes = {d.transfer_id: d.route_id for d in (*new, *reappeared, *confirmed, *released, *finalized)}
         _announce(changes, routes)
         return StepResult(head, chain_range.last, len(new), new_releases, tuple(changes))
 
-    def _observe(self, result: StepResult, chain_range: ChainRange) -> None:
+    def _final_through(self, chain_range: ChainRange) -> int:
+        """The highest block whose locks are final at this range's head (finality per chain)."""
+        if chain_range.finalized is not None:
+            return chain_range.finalized
+        return chain_range.head - self.chain.confirmations + 1
+
+    def observe(self, result: StepResult, chain_range: ChainRange) -> None:
         name = self.chain.name
         metrics.CHAIN_HEAD.labels(chain=name).set(result.head)
         metrics.INDEXED_BLOCK.labels(chain=name).set(result.indexed_block)
         metrics.INDEXER_LAG.labels(chain=name).set(max(result.head - result.indexed_block, 0))
+        tip = chain_range.headers.get(chain_range.last)
+        if tip is not None:
+            lag = (datetime.now(UTC) - tip.timestamp).total_seconds()
+            metrics.INDEXER_LAG_SECONDS.labels(chain=name).set(max(lag, 0.0))
         metrics.EVENTS_INDEXED.labels(chain=name, event="TokensLocked").inc(result.new_transfers)
         metrics.EVENTS_INDEXED.labels(chain=name, event="TransferReleased").inc(result.new_releases)
         if not chain_range.empty:
@@ -183,17 +296,17 @@ class Follower:
         name, extra = self.chain.name, {"chain_id": self.chain.id}
         if isinstance(exc, RPC_FAILURES):
             endpoint = self.endpoints.current_name
-            self.endpoints.rotate()
+            health = self.endpoints.failed(exc)
             log.warning(
-                "chain %s: RPC endpoint %s failed (%s: %s); switching to %s",
+                "chain %s: RPC endpoint %s failed (%s: %s); %s",
                 name,
                 endpoint,
                 type(exc).__name__,
                 exc,
-                self.endpoints.current_name,
+                "slowing down" if health == "rate_limited" else f"switching to {self.endpoints.current_name}",
                 extra=extra,
             )
-            kind = "rpc"
+            kind = "rate_limited" if health == "rate_limited" else "rpc"
         elif isinstance(exc, DATABASE_FAILURES):
             log.warning(
                 "chain %s: database error (%s: %s); retrying", name, type(exc).__name__, exc, extra=extra
@@ -202,8 +315,8 @@ class Follower:
         elif isinstance(exc, ChainMoved | CursorMoved):
             log.info("chain %s: %s; retrying", name, exc, extra=extra)
             return backoff.next()  # NOTE: not 0: a node that keeps contradicting itself must not spin us
-        elif isinstance(exc, ReorgDetected):
-            log.error("chain %s: reorg detected, indexing halted: %s", name, exc, extra=extra)
+        elif isinstance(exc, ReorgBeyondHistory):
+            log.error("chain %s: %s", name, exc, extra=extra)
             kind = "reorg"
         else:
             log.exception("chain %s: unexpected error in a step; retrying", name, extra=extra)
@@ -213,10 +326,20 @@ class Follower:
 
 
 def _announce(changes: list[Change], routes: dict[str, str]) -> None:
-    """Log and count committed changes (after COMMIT, so nothing here is uncommitted)."""
+    """Log and count committed changes (after COMMIT, so nothing here is uncommitted).
+
+    A backfill commits thousands of transfers at once: then one summary line, not one per transfer.
+    """
+    counts = Counter((routes.get(c.transfer_id, "unknown"), c.to_status.value) for c in changes)
+    for (route, status), count in counts.items():
+        metrics.TRANSFER_TRANSITIONS.labels(route=route, status=status).inc(count)
+    if len(changes) > ANNOUNCE_EACH:
+        log.info(
+            "%d transfers moved: %s", len(changes), ", ".join(f"{s} {n}" for (_, s), n in counts.items())
+        )
+        return
     for change in changes:
         route = routes.get(change.transfer_id, "unknown")
-        metrics.TRANSFER_TRANSITIONS.labels(route=route, status=change.to_status.value).inc()
         log.info(
             "transfer moved %s -> %s",
             change.from_status.value if change.from_status else "(new)",

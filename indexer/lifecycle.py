@@ -27,17 +27,25 @@ from indexer.store import Due
 S = TransferStatus
 
 
-async def due_confirmations(conn: asyncpg.Connection, chain_id: int, head: int) -> list[Due]:
-    """PENDING transfers locked on ``chain_id`` with enough confirmations at ``head``."""
+async def due_confirmations(
+    conn: asyncpg.Connection, chain_id: int, head: int, finalized: int | None = None
+) -> list[Due]:
+    """PENDING transfers locked on ``chain_id`` that are final at ``head``.
+
+    Final means ``confirmations_required`` blocks on top of the lock, or, when the
+    chain's finality is the node's ``finalized`` tag, the lock at or below that block.
+    """
     rows = await conn.fetch(
         """
         SELECT id, route_id, lock_block_number FROM transfers
          WHERE status = 'PENDING' AND source_chain_id = $1
-           AND $2 - lock_block_number + 1 >= confirmations_required
+           AND CASE WHEN $3::bigint IS NULL THEN $2 - lock_block_number + 1 >= confirmations_required
+                    ELSE lock_block_number <= $3::bigint END
          ORDER BY lock_block_number, lock_log_index
         """,
         chain_id,
         head,
+        finalized,
     )
     return [Due(r["id"], r["route_id"], None, r["lock_block_number"]) for r in rows]
 
@@ -85,6 +93,20 @@ async def due_finalizations(
         list(released),
     )
     return [Due(r["id"], r["route_id"], None, r["block_number"]) for r in rows]
+
+
+def reappeared(transfers: Sequence[Due]) -> list[Move]:
+    """ORPHANED transfers whose lock is back on the canonical chain return to PENDING."""
+    return [
+        Move(
+            d.transfer_id,
+            S.PENDING,
+            tx_hash=d.tx_hash,
+            block_number=d.block_number,
+            only_from=frozenset({S.ORPHANED}),
+        )
+        for d in transfers
+    ]
 
 
 def moves(confirmed: Sequence[Due], released: Sequence[Due], finalized: Sequence[Due]) -> list[Move]:

@@ -3,9 +3,11 @@
 Start-up registers the configured chains (a new chain's cursor starts just
 before its lowest bridge ``start_block``; an existing cursor is never moved
 back) and routes (new ones only, so operator switches survive restarts), starts
-the metrics server, then runs one ``Follower`` per chain concurrently. A signal
-cancels the followers (each is between statements or inside a transaction that
-rolls back), closes their RPC clients and the pool, and returns.
+the metrics server and ``/health`` + ``/ready`` (``indexer_health_port``), then
+runs one ``ChainSupervisor`` per chain concurrently: it follows the chain while
+this process holds the chain's leader lock, and restarts a stuck follower. A
+signal cancels them (each follower is between statements or inside a
+transaction that rolls back), closes their RPC clients and the pool, and returns.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from ferry import metrics
 from ferry.db import create_pool
 from ferry.settings import ChainsConfig, Settings
 from indexer import store
-from indexer.follower import Follower
+from indexer.health import HealthServer
+from indexer.supervisor import ChainSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +38,33 @@ async def prepare_database(pool: asyncpg.Pool, config: ChainsConfig) -> None:
 async def run(settings: Settings) -> None:
     """Run the indexer until SIGTERM/SIGINT."""
     config = settings.chains()
-    pool = await create_pool(settings.database_url.get_secret_value(), max_size=len(config.chains) + 2)
-    followers: list[Follower] = []
+    dsn = settings.database_url.get_secret_value()
+    pool = await create_pool(dsn, max_size=len(config.chains) + 2)
+    supervisors = [ChainSupervisor(c, config, pool, dsn, settings.indexer_watchdog) for c in config.chains]
+    health = HealthServer(
+        settings.metrics_host,
+        settings.indexer_health_port,
+        lambda: [s.chain.name for s in supervisors if s.stalled],
+    )
     try:
         await prepare_database(pool, config)
         metrics.serve(settings.metrics_host, settings.metrics_port)
-        followers = [Follower(chain, config, pool) for chain in config.chains]
+        await health.start()
         log.info("indexer following %s", ", ".join(f"{c.name} ({c.id})" for c in config.chains))
-        await _run_until_signal(followers)
+        await _run_until_signal(supervisors)
     finally:
-        for follower in followers:
-            await follower.close()
+        await health.stop()
         await pool.close()
     log.info("indexer stopped")
 
 
-async def _run_until_signal(followers: list[Follower]) -> None:
+async def _run_until_signal(supervisors: list[ChainSupervisor]) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(f.run(), name=f"follow:{f.chain.name}") for f in followers]
+    tasks = [asyncio.create_task(s.run(), name=f"chain:{s.chain.name}") for s in supervisors]
     stopper = asyncio.create_task(stop.wait(), name="indexer:stop")
     try:
         await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)

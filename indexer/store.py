@@ -23,6 +23,7 @@ from ferry.domain import TransferStatus
 from ferry.settings import ChainConfig, ChainsConfig, route_id
 from indexer.chain import BlockHeader, ChainRange
 from indexer.decode import LockEvent, ReleaseEvent
+from indexer.reconcile import BlockRef
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Due:
     route_id: str
     tx_hash: str | None = None
     block_number: int | None = None
+    status: str | None = None
 
 
 async def register_chains(conn: asyncpg.Connection, chains: Sequence[ChainConfig]) -> None:
@@ -141,12 +143,28 @@ def routable(locks: Iterable[LockEvent]) -> list[LockEvent]:
 
 
 async def insert_locks(
-    conn: asyncpg.Connection, chain: ChainConfig, config: ChainsConfig, chain_range: ChainRange
-) -> list[Due]:
-    """Insert the range's locks as PENDING transfers; returns the ones that were new."""
+    conn: asyncpg.Connection,
+    chain: ChainConfig,
+    config: ChainsConfig,
+    chain_range: ChainRange,
+    final_through: int = -1,
+) -> tuple[list[Due], list[Due]]:
+    """Insert the range's locks as transfers: (new ones, ORPHANED ones whose lock reappeared).
+
+    New transfers are PENDING, or CONFIRMED straight away when their lock is already
+    final (at or below ``final_through``: a backfill of old blocks); ``Due.status``
+    says which.
+
+    A lock whose transfer id exists already is a replay (nothing changes) unless the
+    row was ORPHANED by a reorg: then the lock on the new branch replaces it (it may
+    even be another lock that got the same bridge nonce), and the caller moves it
+    back to PENDING. A transfer past PENDING whose identical lock reappears in
+    another block only has its lock position refreshed.
+    """
     locks = routable(chain_range.locks)
     if not locks:
-        return []
+        return [], []
+    await _displace_orphans(conn, chain.id, locks)
     tokens = [_token_of(config, chain.id, lock.bridge) for lock in locks]
     rows = await conn.fetch(
         """
@@ -154,16 +172,30 @@ async def insert_locks(
                                target_chain_id, target_bridge, sender, recipient, amount, status,
                                confirmations_required, lock_tx_hash, lock_log_index,
                                lock_block_number, lock_block_hash, lock_block_time)
-        SELECT l.id, l.route_id, l.token, $1, l.bridge, l.nonce, l.target_chain_id, l.target_bridge,
-               l.sender, l.recipient, l.amount, $2, $3, l.tx_hash, l.log_index,
+        SELECT l.id, l.route_id, l.token, $1, l.bridge, l.nonce::numeric, l.target_chain_id, l.target_bridge,
+               l.sender, l.recipient, l.amount::numeric,
+               CASE WHEN l.block_number <= $19 THEN 'CONFIRMED' ELSE $2 END, $3, l.tx_hash, l.log_index,
                l.block_number, l.block_hash, l.block_time
-          FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::numeric[], $9::bigint[],
-                      $10::text[], $11::text[], $12::text[], $13::numeric[], $14::text[], $15::int[],
+          FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[],
+                      $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::int[],
                       $16::bigint[], $17::text[], $18::timestamptz[])
                AS l(id, route_id, token, bridge, nonce, target_chain_id, target_bridge, sender,
                     recipient, amount, tx_hash, log_index, block_number, block_hash, block_time)
-        ON CONFLICT ON CONSTRAINT transfers_lock_key DO NOTHING
-        RETURNING id, route_id, lock_tx_hash, lock_block_number
+        ON CONFLICT ON CONSTRAINT transfers_lock_key DO UPDATE SET
+               lock_tx_hash = EXCLUDED.lock_tx_hash, lock_log_index = EXCLUDED.lock_log_index,
+               lock_block_number = EXCLUDED.lock_block_number, lock_block_hash = EXCLUDED.lock_block_hash,
+               lock_block_time = EXCLUDED.lock_block_time, route_id = EXCLUDED.route_id,
+               token = EXCLUDED.token, target_chain_id = EXCLUDED.target_chain_id,
+               target_bridge = EXCLUDED.target_bridge, sender = EXCLUDED.sender,
+               recipient = EXCLUDED.recipient, amount = EXCLUDED.amount,
+               confirmations_required = EXCLUDED.confirmations_required, updated_at = now()
+         WHERE transfers.lock_block_hash <> EXCLUDED.lock_block_hash
+           AND (transfers.status = 'ORPHANED'
+                OR (transfers.lock_tx_hash, transfers.sender, transfers.recipient, transfers.amount,
+                    transfers.target_chain_id)
+                   = (EXCLUDED.lock_tx_hash, EXCLUDED.sender, EXCLUDED.recipient, EXCLUDED.amount,
+                      EXCLUDED.target_chain_id))
+        RETURNING id, route_id, lock_tx_hash, lock_block_number, status, (xmax = 0) AS inserted
         """,
         chain.id,
         TransferStatus.PENDING.value,
@@ -172,19 +204,48 @@ async def insert_locks(
         [route_id(token, chain.id, lock.target_chain_id) for token, lock in zip(tokens, locks, strict=True)],
         tokens,
         [lock.bridge for lock in locks],
-        [Decimal(lock.nonce) for lock in locks],
+        # NOTE: uint256 values travel as decimal text: much cheaper to encode than Decimal.
+        [str(lock.nonce) for lock in locks],
         [lock.target_chain_id for lock in locks],
         [_target_bridge(config, token, chain.id, lock) for token, lock in zip(tokens, locks, strict=True)],
         [lock.user for lock in locks],
         [lock.target_address for lock in locks],
-        [Decimal(lock.amount) for lock in locks],
+        [str(lock.amount) for lock in locks],
         [lock.tx_hash for lock in locks],
         [lock.log_index for lock in locks],
         [lock.block_number for lock in locks],
         [lock.block_hash for lock in locks],
         [chain_range.headers[lock.block_number].timestamp for lock in locks],
+        final_through,
     )
-    return [Due(r["id"], r["route_id"], r["lock_tx_hash"], r["lock_block_number"]) for r in rows]
+    due = [
+        (Due(r["id"], r["route_id"], r["lock_tx_hash"], r["lock_block_number"], r["status"]), r) for r in rows
+    ]
+    return (
+        [d for d, r in due if r["inserted"]],
+        [d for d, r in due if not r["inserted"] and r["status"] == TransferStatus.ORPHANED.value],
+    )
+
+
+async def _displace_orphans(conn: asyncpg.Connection, chain_id: int, locks: Sequence[LockEvent]) -> None:
+    """Free the (tx hash, log index) of ORPHANED transfers that another lock now occupies.
+
+    On the new branch a re-included transaction may emit a lock with another bridge
+    nonce; the ORPHANED row of its old nonce still holds the position, which is unique.
+    """
+    # NOTE: -1 - index keeps the old index recoverable and can never collide with a real one.
+    await conn.execute(
+        """
+        UPDATE transfers AS t SET lock_log_index = -1 - t.lock_log_index, updated_at = now()
+          FROM unnest($2::text[], $3::int[], $4::text[]) AS l(tx_hash, log_index, id)
+         WHERE t.status = 'ORPHANED' AND t.source_chain_id = $1 AND t.lock_log_index >= 0
+           AND t.lock_tx_hash = l.tx_hash AND t.lock_log_index = l.log_index AND t.id <> l.id
+        """,
+        chain_id,
+        [lock.tx_hash for lock in locks],
+        [lock.log_index for lock in locks],
+        [lock.transfer_id for lock in locks],
+    )
 
 
 def _token_of(config: ChainsConfig, chain_id: int, bridge: str) -> str:
@@ -234,3 +295,18 @@ async def insert_releases(conn: asyncpg.Connection, chain_id: int, releases: Seq
         [r.transfer_id for r in kept],
     )
     return len(rows)
+
+
+async def recent_blocks(conn: asyncpg.Connection, chain_id: int, through: int, limit: int) -> list[BlockRef]:
+    """The ``limit`` highest kept blocks at or below ``through``, ascending (dense near the head)."""
+    rows = await conn.fetch(
+        """
+        SELECT number, hash, parent_hash FROM blocks
+         WHERE chain_id = $1 AND number <= $2
+         ORDER BY number DESC LIMIT $3
+        """,
+        chain_id,
+        through,
+        limit,
+    )
+    return [BlockRef(r["number"], r["hash"], r["parent_hash"]) for r in reversed(rows)]

@@ -27,7 +27,7 @@ from ferry.domain import CHANGES_CHANNEL, transfer_id
 from ferry.rpc import RpcClient
 from ferry.settings import ChainConfig
 from indexer import service
-from indexer.chain import Endpoints
+from indexer.endpoints import Endpoints
 from indexer.follower import Follower, StepResult
 from relayer.eip712 import ReleaseOrder, sign_release_order
 
@@ -296,9 +296,10 @@ async def test_the_service_indexes_every_chain_and_stops_on_sigterm(
     async def indexed() -> Any:
         if running.done():
             running.result()  # the service stopped on its own: show why
-        return await transfer_row(pool, transfer)
+        heads = await pool.fetchval("SELECT count(*) FROM chains WHERE head_block IS NOT NULL")
+        return await transfer_row(pool, transfer) if heads == 2 else None
 
-    await eventually(indexed, "the service to index the lock")
+    await eventually(indexed, "the service to index the lock and step every chain")
     routes = await pool.fetch("SELECT route_id FROM routes ORDER BY route_id")
     os.kill(os.getpid(), signal.SIGTERM)
     await asyncio.wait_for(running, timeout=30)
@@ -307,3 +308,36 @@ async def test_the_service_indexes_every_chain_and_stops_on_sigterm(
     chains = await pool.fetch("SELECT chain_id, indexed_block, head_block FROM chains ORDER BY chain_id")
     assert [r["chain_id"] for r in chains] == [31337, 31338]
     assert all(r["indexed_block"] >= 0 and r["head_block"] is not None for r in chains)
+
+
+async def test_with_finality_finalized_a_lock_waits_for_the_nodes_finalized_block(
+    dev_chains: DevNetwork, pool: asyncpg.Pool
+) -> None:
+    chain_a, chain_b = dev_chains.chains
+    config = dev_chains.config
+    await service.prepare_database(pool, config)
+    chain = config.chain_by_id[chain_a.chain_id].model_copy(update={"finality": "finalized"})
+    follower = Follower(chain, config, pool)
+    transfer, _, block = lock(dev_chains, chain_a, chain_b)
+    try:
+        await mine(chain_a, 5)  # more than `confirmations`, but not yet finalized
+        await catch_up(follower)
+        assert await finalized_block(chain_a) < block
+        assert (await transfer_row(pool, transfer) or {})["status"] == "PENDING"
+        while await finalized_block(chain_a) < block:
+            await mine(chain_a, 16)
+        await catch_up(follower)
+    finally:
+        await follower.close()
+
+    assert (await transfer_row(pool, transfer) or {})["status"] == "CONFIRMED"
+
+
+async def finalized_block(chain: DevChain) -> int:
+    rpc = RpcClient(chain.url)
+    try:
+        answer = await rpc.get_block("finalized")
+    finally:
+        await rpc.close()
+    assert answer is not None
+    return int(answer["number"], 16)

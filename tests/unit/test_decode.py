@@ -142,3 +142,103 @@ def test_a_release_with_a_missing_topic_is_malformed() -> None:
 
     with pytest.raises(MalformedLog, match="3 topics, expected 4"):
         decode_log(1, log)
+
+
+# Logs bloom (indexer.bloom): checking empty eth_getLogs answers.
+
+
+def _bloom_with(*items: bytes) -> str:
+    from eth_utils.crypto import keccak
+
+    bloom = bytearray(256)
+    for item in items:
+        digest = keccak(item)
+        for i in (0, 2, 4):
+            bit = ((digest[i] << 8) | digest[i + 1]) & 2047
+            bloom[255 - bit // 8] |= 1 << (bit % 8)
+    return "0x" + bloom.hex()
+
+
+BRIDGE = "0x" + "ab" * 20
+OTHER = "0x" + "cd" * 20
+
+
+def test_a_bloom_holding_the_bridge_and_its_topic_may_contain_the_event() -> None:
+    from indexer.bloom import may_contain
+
+    bloom = _bloom_with(bytes.fromhex(BRIDGE[2:]), bytes.fromhex(TOKENS_LOCKED_TOPIC[2:]))
+
+    assert may_contain(bloom, [BRIDGE], [TOKENS_LOCKED_TOPIC])
+    assert not may_contain(bloom, [OTHER], [TOKENS_LOCKED_TOPIC])
+    assert not may_contain("0x" + "00" * 256, [BRIDGE], [TOKENS_LOCKED_TOPIC])
+
+
+def test_a_bloom_with_the_address_but_not_the_topic_rules_the_event_out() -> None:
+    from indexer.bloom import may_contain
+
+    bloom = _bloom_with(bytes.fromhex(BRIDGE[2:]))
+
+    assert not may_contain(bloom, [BRIDGE], [TOKENS_LOCKED_TOPIC])
+
+
+@pytest.mark.parametrize("bloom", [None, "0x12", "0x" + "zz" * 256])
+def test_a_missing_or_malformed_bloom_rules_nothing_out(bloom: str | None) -> None:
+    from indexer.bloom import may_contain
+
+    assert may_contain(bloom, [BRIDGE], [TOKENS_LOCKED_TOPIC])
+
+
+# Adaptive eth_getLogs ranges (indexer.backfill) and error classification.
+
+
+@pytest.mark.parametrize(
+    ("message", "range_limit", "rate_limit"),
+    [
+        ("query returned more than 10000 results", True, False),
+        ("block range is too large", True, False),
+        ("Log response size exceeded", True, False),
+        ("rate limit exceeded, slow down", False, True),
+        ("Too Many Requests", False, True),
+        ("execution reverted", False, False),
+    ],
+)
+def test_errors_that_ask_for_a_smaller_range_or_a_slower_pace(
+    message: str, range_limit: bool, rate_limit: bool
+) -> None:
+    from ferry.rpc import RpcError
+    from indexer.backfill import is_range_limit
+    from indexer.endpoints import is_rate_limit
+
+    error = RpcError("http://node:8545", "eth_getLogs", -32005, message)
+
+    assert (is_range_limit(error), is_rate_limit(error)) == (range_limit, rate_limit)
+
+
+def test_http_429_is_a_rate_limit_not_a_range_limit() -> None:
+    from ferry.rpc import RpcUnavailable
+    from indexer.backfill import is_range_limit
+    from indexer.endpoints import is_rate_limit
+
+    error = RpcUnavailable("http://node:8545", "rate limited (HTTP 429)", rate_limited=True)
+
+    assert is_rate_limit(error)
+    assert not is_range_limit(error)
+
+
+def test_ranges_shrink_on_big_answers_and_grow_back_on_small_ones() -> None:
+    from indexer.backfill import FIRST_RANGE, TARGET_LOGS, RangeSizer
+
+    sizer = RangeSizer(limit=2_000)
+    assert sizer.size == FIRST_RANGE
+    for _ in range(10):
+        sizer.observe(sizer.size, 0)
+    assert sizer.size == 2_000
+    sizer.observe(2_000, 10 * TARGET_LOGS)
+    assert sizer.size == 1_000
+    sizer.shrink(1_000)
+    assert sizer.size == 500
+    sizer.observe(400, TARGET_LOGS)  # a range shorter than the size says nothing about growing
+    assert sizer.size == 500
+    for _ in range(20):
+        sizer.shrink(sizer.size)
+    assert sizer.size == 1

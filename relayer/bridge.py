@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from eth_abi.abi import decode as abi_decode
 from eth_typing import ABIFunction
@@ -23,7 +23,6 @@ from web3.contract import Contract
 
 from ferry.contracts import TRANSFER_RELEASED_TOPIC, ContractError, decode_contract_error, load_artifact
 from ferry.rpc import RpcClient, RpcError, RpcGarbage, quantity
-from relayer.eip712 import ReleaseOrder
 
 
 @cache
@@ -47,10 +46,32 @@ def _word(value: int) -> str:
     return "0x" + value.to_bytes(32, "big").hex()
 
 
+class OrderKey(Protocol):
+    """What identifies a release order on chain (a ``ReleaseOrder`` is one)."""
+
+    @property
+    def source_chain_id(self) -> int: ...
+    @property
+    def source_bridge(self) -> str: ...
+    @property
+    def nonce(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class LockKey:
+    """An order's identity alone: (source chain, source bridge, lock nonce)."""
+
+    source_chain_id: int
+    source_bridge: str
+    nonce: int
+
+
 @dataclass(frozen=True)
 class SignerSet:
     threshold: int
     signers: frozenset[str]
+    #: The signers in the bridge's order: ``setSigners`` appends a new signer last.
+    ordered: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,7 +95,7 @@ class TargetBridge:
         answer = await self.rpc.call("eth_call", {"to": self.address, "data": data}, "latest")
         return decode_result(function, answer)
 
-    async def is_processed(self, order: ReleaseOrder) -> bool:
+    async def is_processed(self, order: OrderKey) -> bool:
         (processed,) = await self._call(
             "isProcessed", order.source_chain_id, order.source_bridge, order.nonce
         )
@@ -83,7 +104,8 @@ class TargetBridge:
     async def signer_set(self) -> SignerSet:
         (threshold,) = await self._call("threshold")
         (signers,) = await self._call("getSigners")
-        return SignerSet(int(threshold), frozenset(to_checksum_address(s) for s in signers))
+        ordered = tuple(to_checksum_address(s) for s in signers)
+        return SignerSet(int(threshold), frozenset(ordered), ordered)
 
     async def revert_reason(self, sender: str, data: str) -> ContractError | str | None:
         """Why ``data`` from ``sender`` would revert now (None: it would succeed now)."""
@@ -93,7 +115,7 @@ class TargetBridge:
             return revert_of(exc) or exc.message
         return None
 
-    async def find_release(self, order: ReleaseOrder, start_block: int, log_range: int) -> ReleaseLog | None:
+    async def find_release(self, order: OrderKey, start_block: int, log_range: int) -> ReleaseLog | None:
         """The transaction that released ``order``, searching back from the head to ``start_block``."""
         topics = [TRANSFER_RELEASED_TOPIC, _word(order.source_chain_id), _word(order.nonce)]
         high = await self.rpc.block_number()
@@ -107,7 +129,7 @@ class TargetBridge:
         return None
 
 
-def _matching(logs: Sequence[dict[str, Any]], order: ReleaseOrder) -> ReleaseLog | None:
+def _matching(logs: Sequence[dict[str, Any]], order: OrderKey) -> ReleaseLog | None:
     for log in reversed(logs):
         if log.get("removed"):
             continue
@@ -116,7 +138,7 @@ def _matching(logs: Sequence[dict[str, Any]], order: ReleaseOrder) -> ReleaseLog
         if len(amount_and_bridge) != 64:
             continue
         source_bridge = to_checksum_address(amount_and_bridge[44:64])
-        if source_bridge == order.source_bridge:
+        if source_bridge.lower() == order.source_bridge.lower():
             return ReleaseLog(str(log["transactionHash"]), quantity(log["blockNumber"], "log blockNumber"))
     return None
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import asyncpg
 
-from ferry import logs
 from ferry.db import create_pool
 from ferry.rpc import RpcClient, RpcError, RpcGarbage, RpcUnavailable
 from ferry.settings import ChainsConfig, ConfigError, Settings
 from relayer.eip712 import signer_address
-from relayer.submitter import Submitter
+from relayer.keys import relay_keys
+from relayer.submitter import TxSigner
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class RelayerContext:
     chains: ChainsConfig
     pool: asyncpg.Pool
     rpc: dict[int, RpcClient]
-    submitter: Submitter
+    submitter: TxSigner
     #: Release signer keys by signer address (checksum).
     signers: dict[str, bytes] = field(repr=False)
 
@@ -43,33 +43,19 @@ class RelayerContext:
         await self.pool.close()
 
 
-def relay_keys(settings: Settings) -> tuple[list[bytes], bytes]:
-    """The signer keys and the submitter key; ConfigError when the submitter key is missing."""
-    submitter_key = settings.submitter_private_key()
-    if submitter_key is None:
-        raise ConfigError(
-            "the relayer needs FERRY_SUBMITTER_KEY (or FERRY_SUBMITTER_KEY_FILE): the private key "
-            "of the account that pays gas for release transactions"
-        )
-    signer_keys = settings.signer_private_keys()
-    for key in [*signer_keys, submitter_key]:
-        logs.register_secret(key.hex())
-        logs.register_secret("0x" + key.hex())
-    return signer_keys, submitter_key
-
-
 async def open_context(settings: Settings) -> RelayerContext:
     """Read keys and chains, connect to PostgreSQL and every chain's first RPC endpoint."""
-    signer_keys, submitter_key = relay_keys(settings)
+    keys = relay_keys(settings)
+    signer_keys, submitter_key = keys.signer_keys, keys.submitter_key
     chains = settings.chains()
     rpc = {chain.id: RpcClient(chain.rpc_urls[0]) for chain in chains.chains}
     try:
         await asyncio.gather(*(_check_chain_id(chain_id, client) for chain_id, client in rpc.items()))
-        pool = await create_pool(settings.database_url.get_secret_value())
+        pool = await create_pool(settings.database_url.get_secret_value(), max_size=20)
     except BaseException:
         await asyncio.gather(*(client.close() for client in rpc.values()))
         raise
-    submitter = Submitter(submitter_key)
+    submitter = TxSigner(submitter_key)
     log.info(
         "relayer ready: submitting from %s with %d signer key(s) on chains %s",
         submitter.address,

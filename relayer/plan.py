@@ -25,15 +25,18 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from eth_utils.address import is_address
 
 from ferry.contracts import ContractError
 from ferry.settings import BridgeDeployment, ChainConfig, ChainsConfig, route_id
 from relayer.bridge import TargetBridge
-from relayer.context import RelayerContext
 from relayer.eip712 import ReleaseOrder
 from relayer.store import TransferRow
+
+if TYPE_CHECKING:
+    from relayer.context import RelayerContext
 
 ZERO_ADDRESS = "0x" + "00" * 20
 #: Tries (signed or refused at estimation) after which an undecodable revert is permanent.
@@ -52,6 +55,7 @@ PERMANENT_ERRORS = frozenset(
         "ECDSAInvalidSignatureS",
         "ZeroAddress",
         "ZeroAmount",
+        "InvalidReleaseSigner",
     }
 )
 
@@ -65,7 +69,7 @@ class Verdict(enum.Enum):
 def classify_revert(reason: ContractError | str, tries: int) -> Verdict:
     """What a revert means for the transfer, given how many tries it has had."""
     name = reason.name if isinstance(reason, ContractError) else None
-    if name == "AlreadyProcessed":
+    if name in ("AlreadyProcessed", "NonceAlreadyReleased"):
         return Verdict.DONE
     if name in TRANSIENT_ERRORS:
         return Verdict.TRANSIENT

@@ -1,36 +1,39 @@
-"""Release transactions: nonce ownership, fees, signing, persistence, broadcast.
+"""The submitter: one serial owner of a signing account's nonce on one target chain.
 
-Objectives, in order:
+Objectives, in order (modelled on Hyperlane's per-destination submitter):
 
-1. **Never reuse or skip an account nonce.** Nonces of one submitting account on
-   one chain are handed out under ``pg_advisory_xact_lock`` on a key derived from
-   (chain id, account), so several relayer processes can share an account. The
-   next nonce is ``max(node's pending count, highest SENT/MINED/REVERTED attempt
-   + 1)``: the database covers transactions signed but not yet seen by the node,
-   the node covers transactions sent from elsewhere.
-2. **Persist before broadcasting.** The signed raw transaction, its fees and the
-   transfer's move to SUBMITTED (its history row carries the hash) commit in one
-   transaction *before* ``eth_sendRawTransaction``. A crash after COMMIT leaves a
-   SENT attempt that the next run re-broadcasts unchanged, so the nonce stays
-   gap-free; a crash before COMMIT leaves nothing at all.
-3. **One transaction in flight per transfer.** ``prepare`` refuses (``Superseded``)
-   when the transfer already has a SENT attempt or has left CONFIRMED/SUBMITTED,
-   so two runs racing on one transfer cannot both sign.
+1. **Never reuse or skip an account nonce.** Each worker process runs a
+   ``ChainSubmitter`` per target chain, but only the one holding a session-level
+   PostgreSQL advisory lock on (chain, account) works; the others stand by and
+   take over when its connection dies. On taking over, the leader resumes from
+   the database and the node: the next nonce is ``max(highest nonce stored + 1,
+   node's pending count)``, and stored transactions the node has forgotten are
+   re-sent unchanged (gap repair, ``relayer.confirmer``). A ``relay_txs`` row per
+   (chain, account, nonce) makes reuse impossible even with two leaders.
+2. **Persist before broadcasting.** The signed transaction, the transfers it
+   carries and their move to SUBMITTED commit in one transaction *before*
+   ``eth_sendRawTransaction``: a crash after COMMIT leaves a transaction to
+   re-send, never an unknown one.
+3. **Pipeline.** Transactions go out back to back without waiting for receipts
+   (at most ``max_in_flight`` unmined per account); ``relayer.confirmer``
+   follows them, re-prices the stuck ones, settles the mined ones and watches
+   them until final.
+4. **Batch.** Up to ``batch_size`` ready transfers for one bridge go in one
+   ``releaseBatch``; a partial batch waits at most ``batch_linger`` seconds from
+   its oldest transfer's hand-off (``relayer.batcher``).
 
-Fees are EIP-1559: the tip is the node's suggestion (``eth_maxPriorityFeePerGas``,
-else the median reward of recent blocks) but never below ``MIN_PRIORITY_FEE``;
-the fee cap is twice the next block's base fee plus the tip. Gas is
-``eth_estimateGas`` plus 20 %. Replacing a stuck transaction with higher fees
-(gas bumping) is a later step; it will reuse the attempt's nonce.
+Wake-ups: a relay job NOTIFYs ``ferry_relay_ready`` when it hands a transfer
+over; otherwise the submitter polls every chain ``poll_interval``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import logging
-import statistics
-from dataclasses import dataclass
+import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -38,55 +41,35 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
 
-from ferry.contracts import ContractError
-from ferry.domain import TransferStatus
-from ferry.rpc import RpcClient, RpcError, RpcGarbage, quantity
-from ferry.transitions import Move, move_transfers
-from relayer.bridge import is_revert, revert_of
-from relayer.store import AttemptRow
+from ferry.metrics import BATCH_SIZE, QUEUE_DEPTH, RELEASES, SUBMITTER_BALANCE, SUBMITTER_LOW_BALANCE
+from ferry.rpc import RpcClient, RpcError, RpcGarbage, RpcUnavailable, quantity
+from ferry.settings import ChainConfig, Settings
+from relayer import txstore
+from relayer.batcher import Batch, Batcher
+from relayer.confirmer import Confirmer
+from relayer.fees import Fees, capped, suggest_fees
+from relayer.txstore import ReadyTransfer, SignedTx, TxRow
 
 log = logging.getLogger(__name__)
 
-GWEI = 10**9
-#: Lowest tip offered, whatever the node suggests (anvil and some L2s suggest 0).
-MIN_PRIORITY_FEE = GWEI // 10
-#: Headroom over ``eth_estimateGas``, in percent.
-GAS_HEADROOM_PERCENT = 20
-FEE_HISTORY_BLOCKS = 5
-
-
-class WouldRevert(Exception):
-    """``eth_estimateGas`` says the release would revert; ``reason`` says why."""
-
-    def __init__(self, reason: ContractError | str) -> None:
-        super().__init__(f"the release would revert: {reason}")
-        self.reason = reason
-
-
-class Superseded(Exception):
-    """Another run already has this transfer's release in flight, or it moved on."""
+#: The channel relay jobs NOTIFY (payload: target chain id) when they hand a transfer over.
+READY_CHANNEL = "ferry_relay_ready"
+STANDBY_SECONDS = 1.0
+LEASE_CHECK_SECONDS = 1.0
+BALANCE_CHECK_SECONDS = 5.0
+MAX_ERROR_PAUSE = 10.0
+MIN_ROUND_SECONDS = 0.05
 
 
 class Broadcast(enum.Enum):
     SENT = "sent"
     ALREADY_KNOWN = "already known"
     NONCE_TOO_LOW = "nonce too low"
+    UNDERPRICED = "underpriced"
 
 
-@dataclass(frozen=True)
-class Fees:
-    max_fee_per_gas: int
-    max_priority_fee_per_gas: int
-
-
-@dataclass(frozen=True)
-class ReleaseCall:
-    """A call to the target bridge that a release transaction will carry."""
-
-    transfer_id: str
-    chain_id: int
-    bridge: str
-    data: str
+class LostLease(Exception):
+    """The advisory lock's connection is gone: another process may lead now."""
 
 
 def nonce_lock_key(chain_id: int, account: str) -> int:
@@ -95,76 +78,26 @@ def nonce_lock_key(chain_id: int, account: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-class Submitter:
-    """Signs and sends release transactions from one submitting account."""
+class TxSigner:
+    """Signs EIP-1559 transactions for the submitting account (the key never leaves it)."""
 
     def __init__(self, private_key: bytes) -> None:
         self._account: LocalAccount = Account.from_key(private_key)
         self.address: str = self._account.address
 
     def __repr__(self) -> str:
-        return f"Submitter({self.address})"
+        return f"TxSigner({self.address})"
 
-    async def prepare(self, pool: asyncpg.Pool, rpc: RpcClient, call: ReleaseCall) -> AttemptRow:
-        """Estimate, sign and persist a release transaction (and the move to SUBMITTED)."""
-        gas = await self.estimate_gas(rpc, call)
-        fees = await suggest_fees(rpc)
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock($1)", nonce_lock_key(call.chain_id, self.address)
-            )
-            status = await _lock_transfer(conn, call.transfer_id)
-            nonce = await self._next_nonce(conn, rpc, call.chain_id)
-            tx_hash, raw = self._sign(call, nonce, gas, fees)
-            attempt_id: int = await conn.fetchval(
-                """
-                INSERT INTO release_attempts (transfer_id, chain_id, account, account_nonce, tx_hash, raw_tx,
-                                              max_fee_per_gas, max_priority_fee_per_gas, status)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'SENT') RETURNING id
-                """,
-                call.transfer_id, call.chain_id, self.address, nonce, tx_hash, raw,
-                fees.max_fee_per_gas, fees.max_priority_fee_per_gas,
-            )  # fmt: skip
-            await conn.execute("UPDATE transfers SET attempts = attempts + 1 WHERE id = $1", call.transfer_id)
-            if status is TransferStatus.CONFIRMED:
-                move = Move(call.transfer_id, TransferStatus.SUBMITTED, tx_hash=tx_hash)
-                await move_transfers(conn, [move])
-        return AttemptRow(
-            attempt_id, call.transfer_id, call.chain_id, self.address, nonce, tx_hash, raw, "SENT"
-        )
-
-    async def estimate_gas(self, rpc: RpcClient, call: ReleaseCall) -> int:
-        request = {"from": self.address, "to": call.bridge, "data": call.data}
-        try:
-            estimate = quantity(await rpc.call("eth_estimateGas", request), "eth_estimateGas")
-        except RpcError as exc:
-            if is_revert(exc):
-                raise WouldRevert(revert_of(exc) or exc.message) from None
-            raise
-        return estimate * (100 + GAS_HEADROOM_PERCENT) // 100
-
-    async def _next_nonce(self, conn: asyncpg.Connection, rpc: RpcClient, chain_id: int) -> int:
-        pending = quantity(
-            await rpc.call("eth_getTransactionCount", self.address, "pending"), "eth_getTransactionCount"
-        )
-        highest: int | None = await conn.fetchval(
-            """
-            SELECT max(account_nonce) FROM release_attempts
-             WHERE chain_id = $1 AND account = $2 AND status IN ('SENT', 'MINED', 'REVERTED')
-            """,
-            chain_id,
-            self.address,
-        )
-        return pending if highest is None else max(pending, highest + 1)
-
-    def _sign(self, call: ReleaseCall, nonce: int, gas: int, fees: Fees) -> tuple[str, bytes]:
+    def sign(
+        self, chain_id: int, nonce: int, to: str, data: bytes, gas: int, fees: Fees
+    ) -> tuple[str, bytes]:
         transaction: dict[str, Any] = {
             "type": 2,
-            "chainId": call.chain_id,
+            "chainId": chain_id,
             "nonce": nonce,
-            "to": call.bridge,
+            "to": to,
             "value": 0,
-            "data": call.data,
+            "data": data,
             "gas": gas,
             "maxFeePerGas": fees.max_fee_per_gas,
             "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
@@ -173,24 +106,8 @@ class Submitter:
         return signed.hash.to_0x_hex(), bytes(signed.raw_transaction)
 
 
-async def _lock_transfer(conn: asyncpg.Connection, transfer_id: str) -> TransferStatus:
-    """Lock the transfer row; refuse when it moved on or already has a release in flight."""
-    status: str | None = await conn.fetchval(
-        "SELECT status FROM transfers WHERE id = $1 FOR UPDATE", transfer_id
-    )
-    if status not in (TransferStatus.CONFIRMED, TransferStatus.SUBMITTED):
-        raise Superseded(f"transfer {transfer_id} is {status}, no release is owed")
-    in_flight = await conn.fetchval(
-        "SELECT tx_hash FROM release_attempts WHERE transfer_id = $1 AND status = 'SENT' LIMIT 1",
-        transfer_id,
-    )
-    if in_flight is not None:
-        raise Superseded(f"transfer {transfer_id} already has release {in_flight} in flight")
-    return TransferStatus(status)
-
-
 async def broadcast(rpc: RpcClient, raw_tx: bytes) -> Broadcast:
-    """Send a signed transaction; "already known" is fine, "nonce too low" is reported."""
+    """Send a signed transaction; "already known" is fine; nonce and price refusals are reported."""
     try:
         await rpc.call("eth_sendRawTransaction", "0x" + raw_tx.hex())
     except RpcError as exc:
@@ -199,20 +116,199 @@ async def broadcast(rpc: RpcClient, raw_tx: bytes) -> Broadcast:
             return Broadcast.ALREADY_KNOWN
         if "nonce too low" in message or "nonce is too low" in message:
             return Broadcast.NONCE_TOO_LOW
+        if "underpriced" in message:
+            return Broadcast.UNDERPRICED
         raise
     return Broadcast.SENT
 
 
-async def suggest_fees(rpc: RpcClient) -> Fees:
-    """EIP-1559 fees from recent blocks, with the tip floored at ``MIN_PRIORITY_FEE``."""
-    history = await rpc.call("eth_feeHistory", hex(FEE_HISTORY_BLOCKS), "latest", [50])
-    if not isinstance(history, dict) or not history.get("baseFeePerGas"):
-        raise RpcGarbage("eth_feeHistory answered no baseFeePerGas: is the chain EIP-1559?")
-    next_base_fee = quantity(history["baseFeePerGas"][-1], "eth_feeHistory baseFeePerGas")
-    rewards = [quantity(r[0], "eth_feeHistory reward") for r in history.get("reward") or [] if r]
-    tip = statistics.median_low(rewards) if rewards else 0
-    # NOTE: not every node implements eth_maxPriorityFeePerGas; the fee history is enough.
-    with contextlib.suppress(RpcError):
-        tip = max(tip, quantity(await rpc.call("eth_maxPriorityFeePerGas"), "eth_maxPriorityFeePerGas"))
-    tip = max(tip, MIN_PRIORITY_FEE)
-    return Fees(max_fee_per_gas=2 * next_base_fee + tip, max_priority_fee_per_gas=tip)
+@contextlib.asynccontextmanager
+async def lease(dsn: str, key: int) -> AsyncIterator[asyncpg.Connection | None]:
+    """The (chain, account) advisory lock on a connection of its own; None when another holds it."""
+    conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=10)
+    try:
+        held = await conn.fetchval("SELECT pg_try_advisory_lock($1)", key)
+        yield conn if held else None
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.close(), 5)
+        conn.terminate()
+
+
+class ChainSubmitter:
+    """Submits and follows release transactions of one account on one target chain."""
+
+    def __init__(
+        self,
+        chain: ChainConfig,
+        rpc: RpcClient,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        signer: TxSigner,
+        signers: dict[str, bytes],
+        legacy: dict[str, str] | None = None,
+    ) -> None:
+        self.chain = chain
+        self.rpc = rpc
+        self.pool = pool
+        self.settings = settings
+        self.signer = signer
+        self.batcher = Batcher(chain, rpc, pool, settings, signer.address, signers, legacy or {})
+        self.confirmer = Confirmer(self)
+        self.wake = asyncio.Event()
+        self.open: dict[int, TxRow] = {}
+        self.next_nonce = 0
+        self.leading = False
+        self._next_balance_check = 0.0
+        self._label = str(chain.id)
+
+    # ------------------------------------------------------------ leadership
+
+    async def run(self) -> None:
+        """Stand by, lead when the lock is free, and start over after any failure."""
+        key = nonce_lock_key(self.chain.id, self.signer.address)
+        dsn = self.settings.database_url.get_secret_value()
+        failures = 0
+        while True:
+            try:
+                async with lease(dsn, key) as conn:
+                    if conn is not None:
+                        failures = 0
+                        await self.lead(conn)
+                await asyncio.sleep(STANDBY_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NOTE: outlive node and database outages; start over
+                failures += 1
+                pause = min(MAX_ERROR_PAUSE, 0.2 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
+                log.warning("submitter for chain %s restarts in %.1f s: %s", self.chain.id, pause, exc)
+                await asyncio.sleep(pause)
+            finally:
+                self.leading = False
+
+    async def lead(self, conn: asyncpg.Connection) -> None:
+        self.leading = True
+        await self.resume()
+        log.info(
+            "submitting on chain %s from %s, next nonce %d",
+            self.chain.id,
+            self.signer.address,
+            self.next_nonce,
+        )
+        loop = asyncio.get_running_loop()
+        next_check = 0.0
+        while True:
+            if loop.time() >= next_check:
+                if conn.is_closed():
+                    raise LostLease("the advisory lock's connection closed")
+                await asyncio.wait_for(conn.fetchval("SELECT 1"), 5)
+                next_check = loop.time() + LEASE_CHECK_SECONDS
+            wait = await self.tick()
+            # NOTE: a burst of hand-offs must not make the submitter spin: rounds are at least
+            # MIN_ROUND_SECONDS apart (partial batches linger anyway).
+            await asyncio.sleep(MIN_ROUND_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), max(wait - MIN_ROUND_SECONDS, 0))
+            self.wake.clear()
+
+    async def resume(self) -> None:
+        """Reload open transactions and the next nonce from the database and the node."""
+        self.open = {
+            tx.nonce: tx for tx in await txstore.open_txs(self.pool, self.chain.id, self.signer.address)
+        }
+        pending = await self.account_nonce("pending")
+        stored = await txstore.next_nonce_in_db(self.pool, self.chain.id, self.signer.address)
+        self.next_nonce = max(pending, stored or 0)
+
+    async def account_nonce(self, block: str) -> int:
+        answer = await self.rpc.call("eth_getTransactionCount", self.signer.address, block)
+        return quantity(answer, "eth_getTransactionCount")
+
+    # ------------------------------------------------------------- the loop
+
+    async def tick(self) -> float:
+        """One round: follow what is in flight, send what is ready; returns seconds to wait."""
+        await self.confirmer.check()
+        linger = await self.fill()
+        await self.check_balance()
+        return min(self.chain.poll_interval, linger)
+
+    async def fill(self) -> float:
+        """Send every full batch and every partial one that has lingered; seconds until the next is due."""
+        in_flight = sum(1 for tx in self.open.values() if tx.status == "SENT")
+        room = self.settings.max_in_flight - in_flight
+        if room <= 0:
+            return self.chain.poll_interval
+        size = self.settings.batch_size
+        ready = await txstore.ready_transfers(self.pool, self.chain.id, size * room)
+        QUEUE_DEPTH.labels(self._label).set(len(ready))
+        groups: dict[str, list[ReadyTransfer]] = {}
+        for transfer in ready:
+            groups.setdefault(self.batcher.bridge_of(transfer), []).append(transfer)
+        wait = self.chain.poll_interval
+        fees: Fees | None = None
+        for bridge, group in groups.items():
+            step = 1 if bridge in self.batcher.legacy else size  # NOTE: legacy bridges have no batch call
+            for start in range(0, len(group), step):
+                chunk = group[start : start + step]
+                oldest = max(t.waited for t in chunk)
+                if len(chunk) < step and oldest < self.settings.batch_linger:
+                    wait = min(wait, self.settings.batch_linger - oldest)
+                    continue
+                batch = await self.batcher.build(chunk)
+                if batch is None:
+                    continue
+                fees = fees or capped(await suggest_fees(self.rpc), self.settings.max_fee_per_gas)
+                await self.send(batch, fees)
+        return max(wait, 0.01)
+
+    async def send(self, batch: Batch, fees: Fees) -> None:
+        nonce = self.next_nonce
+        data = bytes.fromhex(batch.call_data.removeprefix("0x"))
+        tx_hash, raw = self.signer.sign(self.chain.id, nonce, batch.bridge, data, batch.gas, fees)
+        signed = SignedTx(
+            self.chain.id, self.signer.address, nonce, batch.bridge, tx_hash, data, batch.gas, raw, fees
+        )
+        try:
+            tx = await txstore.persist_tx(self.pool, signed, [t.id for t in batch.transfers])
+        except asyncpg.UniqueViolationError:
+            log.warning("nonce %d on chain %s is taken; resuming from the database", nonce, self.chain.id)
+            await self.resume()
+            return
+        if tx is None:
+            return  # NOTE: a transfer moved on meanwhile; the next round builds a fresh batch
+        self.next_nonce = nonce + 1
+        tx.sent_at = asyncio.get_running_loop().time()
+        self.open[nonce] = tx
+        BATCH_SIZE.labels(self._label).observe(len(tx.transfer_ids))
+        log.info("release batch of %d sent in %s (nonce %d)", len(tx.transfer_ids), tx_hash, nonce)
+        await self.transmit(tx, "sent")
+
+    async def transmit(self, tx: TxRow, outcome: str) -> Broadcast | None:
+        """Broadcast ``tx``'s current version; a node outage leaves it for gap repair."""
+        try:
+            answer = await broadcast(self.rpc, tx.raw_tx)
+        except (RpcUnavailable, RpcGarbage, RpcError) as exc:
+            log.warning("broadcast of %s failed, will re-send: %s", tx.tx_hash, exc)
+            return None
+        RELEASES.labels(self._label, outcome).inc()
+        return answer
+
+    async def check_balance(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_balance_check:
+            return
+        self._next_balance_check = loop.time() + BALANCE_CHECK_SECONDS
+        balance = quantity(
+            await self.rpc.call("eth_getBalance", self.signer.address, "latest"), "eth_getBalance"
+        )
+        SUBMITTER_BALANCE.labels(self._label).set(balance)
+        low = balance < self.settings.min_submitter_balance
+        SUBMITTER_LOW_BALANCE.labels(self._label).set(1 if low else 0)
+        if low:
+            log.error(
+                "the submitting account %s has %d wei on chain %s, below min_submitter_balance: top it up",
+                self.signer.address,
+                balance,
+                self.chain.id,
+            )

@@ -1,9 +1,10 @@
 """The sweeper: rebuilds the relay queue from PostgreSQL, so Redis never holds the truth.
 
-Every transfer the relayer still owes work (CONFIRMED, or SUBMITTED and quiet for
-``release_timeout``) is enqueued as ``relay_transfer(transfer_id)`` with job id
-``relay:<transfer id>``. arq refuses a second job with an id that is queued or
-running, so sweeping often is cheap and never runs one transfer twice at a time.
+Every CONFIRMED transfer not yet handed to its chain's submitter is enqueued as
+``relay_transfer(transfer_id)`` with job id ``relay:<transfer id>`` (what happens
+after the hand-off is the submitter's, which reads the database itself). arq
+refuses a second job with an id that is queued or running, so sweeping often is
+cheap and never runs one transfer twice at a time.
 
 A sweep runs at start-up, soon after any NOTIFY on ``CHANGES_CHANNEL`` (debounced:
 a burst of commits causes one sweep), after the LISTEN connection comes back, and
@@ -19,6 +20,7 @@ import logging
 from typing import Any
 
 import asyncpg
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 from ferry.db import Listener
 from ferry.domain import CHANGES_CHANNEL
@@ -32,6 +34,8 @@ DEBOUNCE_SECONDS = 0.05
 #: Most transfers enqueued by one sweep (the next sweep takes the rest).
 SWEEP_LIMIT = 1_000
 LISTEN_TIMEOUT_SECONDS = 30.0
+#: A transfer owed this long whose job id arq refuses is checked for a stranded job.
+STRANDED_AFTER_SECONDS = 30.0
 
 RELAY_FUNCTION = "relay_transfer"
 
@@ -57,13 +61,11 @@ class Sweeper:
         dsn: str,
         queue_name: str,
         interval: float,
-        stale_after: float,
     ) -> None:
         self._pool = pool
         self._redis = redis  # an arq.connections.ArqRedis
         self._queue_name = queue_name
         self._interval = interval
-        self._stale_after = stale_after
         self._wake = asyncio.Event()
         self._listener = Listener(dsn, CHANGES_CHANNEL, self._on_notify, self._on_reconnect)
         self._task: asyncio.Task[None] | None = None
@@ -100,17 +102,30 @@ class Sweeper:
 
     async def sweep(self) -> int:
         """Enqueue every owed transfer that has no job yet; returns how many were enqueued."""
-        transfer_ids = await store.due_transfer_ids(self._pool, self._stale_after, SWEEP_LIMIT)
+        due = await store.due_transfers(self._pool, SWEEP_LIMIT)
         enqueued = 0
-        for transfer_id in transfer_ids:
-            job = await self._redis.enqueue_job(
-                RELAY_FUNCTION,
-                transfer_id,
-                _job_id=relay_job_id(self._queue_name, transfer_id),
-                _queue_name=self._queue_name,
-            )
+        for transfer_id, waiting in due:
+            job_id = relay_job_id(self._queue_name, transfer_id)
+            job = await self._enqueue(transfer_id, job_id)
+            if job is None and waiting > STRANDED_AFTER_SECONDS and await self._stranded(job_id):
+                # NOTE: a partial Redis loss can leave a job key without its queue entry; arq
+                # would refuse the id for a day. The database says the work is owed: drop it.
+                log.warning("relay job of %s was stranded in Redis; enqueuing it again", transfer_id)
+                await self._redis.delete(job_key_prefix + job_id, retry_key_prefix + job_id)
+                job = await self._enqueue(transfer_id, job_id)
             if job is not None:
                 enqueued += 1
                 log.debug("enqueued", extra={"transfer_id": transfer_id})
         SWEEP_ENQUEUED.inc(enqueued)
         return enqueued
+
+    async def _enqueue(self, transfer_id: str, job_id: str) -> Any:
+        return await self._redis.enqueue_job(
+            RELAY_FUNCTION, transfer_id, _job_id=job_id, _queue_name=self._queue_name
+        )
+
+    async def _stranded(self, job_id: str) -> bool:
+        """A job key exists but the job is neither queued nor running."""
+        queued = await self._redis.zscore(self._queue_name, job_id)
+        running = await self._redis.exists(in_progress_key_prefix + job_id)
+        return queued is None and not running

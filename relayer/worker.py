@@ -21,17 +21,24 @@ from arq.worker import Worker, func
 
 from ferry import metrics
 from ferry.settings import Settings
-from relayer.context import CONTEXT_KEY, open_context, relay_keys, relayer_context
+from relayer.context import CONTEXT_KEY, open_context, relayer_context
 from relayer.jobs import relay_transfer
+from relayer.keys import relay_keys
+from relayer.operator import OperatorDesk
+from relayer.submitters import Submitters
 from relayer.sweep import Sweeper
 
 log = logging.getLogger(__name__)
 
-#: Relay jobs run at once by one worker (most of their time is spent waiting on nodes).
-MAX_JOBS = 20
+#: Relay jobs run at once by one worker (most of their time is spent waiting on PostgreSQL).
+MAX_JOBS = 100
+#: Seconds a relay job may run (vetting is a handful of queries).
+JOB_TIMEOUT_SECONDS = 10
 #: Tries per job before arq gives up on it (the sweeper enqueues it again later).
 MAX_TRIES = 10
 SWEEPER_KEY = "sweeper"
+DESK_KEY = "operator_desk"
+SUBMITTERS_KEY = "submitters"
 SETTINGS_KEY = "settings"
 
 
@@ -48,9 +55,10 @@ def build_worker(settings: Settings, *, handle_signals: bool = True) -> Worker:
         max_jobs=MAX_JOBS,
         keep_result=0,
         max_tries=MAX_TRIES,
-        # NOTE: a job waits up to release_timeout for a receipt, plus a few node calls.
-        job_timeout=settings.release_timeout + 120,
-        poll_delay=0.2,
+        # NOTE: a relay job only vets and hands over (database work; the submitter does the rest).
+        # Short, because arq keeps a killed worker's job "in progress" for job_timeout + 10 s.
+        job_timeout=JOB_TIMEOUT_SECONDS,
+        poll_delay=0.02,  # NOTE: arq only looks for new jobs this often; vetting is the hot path
     )
 
 
@@ -64,13 +72,26 @@ async def startup(ctx: dict[str, Any]) -> None:
         dsn=settings.database_url.get_secret_value(),
         queue_name=settings.queue_name,
         interval=settings.sweep_interval,
-        stale_after=settings.release_timeout,
     )
     await sweeper.start()
     ctx[SWEEPER_KEY] = sweeper
+    submitters = Submitters(relayer)
+    await submitters.start()
+    ctx[SUBMITTERS_KEY] = submitters
+    desk = OperatorDesk(
+        relayer.pool, dsn=settings.database_url.get_secret_value(), interval=settings.sweep_interval
+    )
+    await desk.start()
+    ctx[DESK_KEY] = desk
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    desk: OperatorDesk | None = ctx.pop(DESK_KEY, None)
+    if desk is not None:
+        await desk.stop()
+    submitters: Submitters | None = ctx.pop(SUBMITTERS_KEY, None)
+    if submitters is not None:
+        await submitters.stop()
     sweeper: Sweeper | None = ctx.pop(SWEEPER_KEY, None)
     if sweeper is not None:
         await sweeper.stop()

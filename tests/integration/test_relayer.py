@@ -2,9 +2,11 @@
 
 Each test locks real tokens on chain A with ``ferry.deploy.lock_tokens`` and
 inserts the matching CONFIRMED transfer as the indexer would, then runs the relay
-job (with the context the worker builds at start-up) or the real ``ferry relayer``
-process, and checks what a user would notice: the recipient's balance on chain B,
-the transfer's status and timeline, and that the chain released each lock once.
+job and chain B's submitter (with the context the worker builds at start-up), or
+the real ``ferry relayer`` process, and checks what a user would notice: the
+recipient's balance on chain B, the transfer's status and timeline, and that the
+chain released each lock once. Submitter tests also check the account's nonces
+on chain: every release transaction used the next nonce, none skipped or reused.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as redis_asyncio
-from arq.worker import Retry
 from eth_account import Account
 from web3 import Web3
 
@@ -30,13 +31,13 @@ from ferry.devstack import DevChain, DevNetwork, ProcessGroup
 from ferry.domain import TransferStatus, transfer_id
 from ferry.settings import ConfigError, route_id
 from ferry.transitions import record_new
+from relayer import txstore
 from relayer.context import CONTEXT_KEY, RelayerContext, open_context
 from relayer.eip712 import ReleaseOrder, sign_release_order
-from relayer.jobs import Relay, relay_transfer
-from relayer.plan import ReleasePlan, plan_release
-from relayer.store import load_transfer
-from relayer.submitter import ReleaseCall
+from relayer.jobs import relay_transfer
+from relayer.submitter import ChainSubmitter
 from relayer.sweep import relay_job_id
+from relayer.txstore import SignedTx
 from relayer.worker import run
 
 S = TransferStatus
@@ -49,7 +50,7 @@ WAIT_LIMIT = 60.0
 async def relayer(
     dev_chains: DevNetwork, clean_db: str, redis_url: str, queue_name: str
 ) -> AsyncIterator[RelayerContext]:
-    settings = dev_chains.settings(clean_db, redis_url, queue_name=queue_name, metrics_port=0)
+    settings = dev_chains.settings(clean_db, redis_url, queue_name=queue_name, metrics_port=0, batch_linger=0)
     context = await open_context(settings)
     yield context
     await context.close()
@@ -144,16 +145,70 @@ async def history(pool: asyncpg.Pool, tid: str) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in rows]
 
 
+FINISHED = ("RELEASED", "FINALIZED", "HELD", "FAILED")
+
+
+def submitter_for(relayer: RelayerContext, chain_id: int = 31338) -> ChainSubmitter:
+    """Chain ``chain_id``'s submitter as the worker builds it (driven by hand here)."""
+    return ChainSubmitter(
+        relayer.chains.chain_by_id[chain_id],
+        relayer.rpc[chain_id],
+        relayer.pool,
+        relayer.settings,
+        relayer.submitter,
+        relayer.signers,
+    )
+
+
+async def statuses(pool: asyncpg.Pool, tids: list[str]) -> dict[str, str]:
+    rows = await pool.fetch("SELECT id, status FROM transfers WHERE id = ANY($1::text[])", tids)
+    return {row["id"]: row["status"] for row in rows}
+
+
+async def drive(
+    submitter: ChainSubmitter, tids: list[str], until: tuple[str, ...] = FINISHED, *, resume: bool = True
+) -> dict[str, str]:
+    """Run submitter rounds until every transfer is in one of ``until``; their statuses."""
+    if resume:
+        await submitter.resume()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_LIMIT
+    while True:
+        await submitter.tick()
+        found = await statuses(submitter.pool, tids)
+        if all(found.get(tid) in until for tid in tids):
+            return {tid: found[tid] for tid in tids}
+        assert loop.time() < deadline, f"transfers did not reach {until}: {found}"
+        await asyncio.sleep(0.05)
+
+
+async def release(relayer: RelayerContext, *tids: str) -> dict[str, str]:
+    """The relay job for each transfer, then chain B's submitter until each is settled."""
+    ctx = {CONTEXT_KEY: relayer}
+    for tid in tids:
+        assert await relay_transfer(ctx, tid) in ("handed_over", "held", "noop")
+    return await drive(submitter_for(relayer), list(tids))
+
+
+def account_nonce(chain: DevChain, address: str) -> int:
+    return chain.w3.eth.get_transaction_count(address, "latest")  # type: ignore[arg-type]
+
+
+async def release_nonces(pool: asyncpg.Pool) -> list[int]:
+    rows = await pool.fetch("SELECT nonce FROM relay_txs WHERE status <> 'DROPPED' ORDER BY nonce")
+    return [row["nonce"] for row in rows]
+
+
 async def test_confirmed_transfer_is_released_once(dev_chains: DevNetwork, relayer: RelayerContext) -> None:
     _, target = chains(dev_chains)
     tid, recipient, locked = await locked_transfer(dev_chains, relayer.pool)
     ctx = {CONTEXT_KEY: relayer}
 
-    assert await relay_transfer(ctx, tid) == "released"
+    assert await relay_transfer(ctx, tid) == "handed_over"
+    assert await drive(submitter_for(relayer), [tid]) == {tid: "RELEASED"}
 
     assert balance(target, recipient) == AMOUNT
     row = await relayer.pool.fetchrow("SELECT * FROM transfers WHERE id = $1", tid)
-    assert row["status"] == "RELEASED"
     assert row["release_tx_hash"] is not None
     assert row["release_block_number"] is not None
     assert row["release_block_time"] is not None
@@ -167,9 +222,34 @@ async def test_confirmed_transfer_is_released_once(dev_chains: DevNetwork, relay
 
     # At-least-once delivery: a second run changes nothing, on chain or in the database.
     assert await relay_transfer(ctx, tid) == "noop"
+    await submitter_for(relayer).tick()
     assert balance(target, recipient) == AMOUNT
     assert releases_on_chain(dev_chains, locked) == [row["release_tx_hash"]]
     assert len(await history(relayer.pool, tid)) == 3
+
+
+async def test_confirmed_transfers_go_out_together_in_one_batch_and_finalize(
+    dev_chains: DevNetwork, relayer: RelayerContext
+) -> None:
+    _, target = chains(dev_chains)
+    transfers = [await locked_transfer(dev_chains, relayer.pool) for _ in range(3)]
+    tids = [tid for tid, _, _ in transfers]
+    ctx = {CONTEXT_KEY: relayer}
+    for tid in tids:
+        assert await relay_transfer(ctx, tid) == "handed_over"
+    submitter = submitter_for(relayer)
+    nonce_before = account_nonce(target, relayer.submitter.address)
+
+    assert set((await drive(submitter, tids)).values()) == {"RELEASED"}
+
+    hashes = {tuple(releases_on_chain(dev_chains, locked)) for _, _, locked in transfers}
+    assert len(hashes) == 1, "one releaseBatch transaction released all three"
+    assert all(balance(target, recipient) == AMOUNT for _, recipient, _ in transfers)
+    assert account_nonce(target, relayer.submitter.address) == nonce_before + 1
+    # The target chain moves on by its confirmations (2): the release becomes FINALIZED.
+    rpc(target, "anvil_mine", "0x2")
+    assert set((await drive(submitter, tids, ("FINALIZED",), resume=False)).values()) == {"FINALIZED"}
+    assert await relayer.pool.fetchval("SELECT status FROM relay_txs") == "FINAL"
 
 
 async def test_release_already_processed_on_chain_is_success(
@@ -183,79 +263,54 @@ async def test_release_already_processed_on_chain_is_success(
     call = bridge_contract(target.w3, target.bridge).functions.release(order.as_tuple(), signatures)
     direct = send_transaction(target.w3, dev_chains.user_key, call, "releasing directly")
 
-    assert await relay_transfer({CONTEXT_KEY: relayer}, tid) == "already_released"
+    assert await release(relayer, tid) == {tid: "RELEASED"}
 
     assert balance(target, recipient) == AMOUNT
     row = await relayer.pool.fetchrow("SELECT * FROM transfers WHERE id = $1", tid)
-    assert row["status"] == "RELEASED"
     assert row["release_tx_hash"] == direct["transactionHash"].to_0x_hex()
     assert row["release_block_number"] == direct["blockNumber"]
-    assert (
-        await relayer.pool.fetchval("SELECT count(*) FROM release_attempts WHERE transfer_id = $1", tid) == 0
-    )
-    assert [h[:2] for h in await history(relayer.pool, tid)] == [
-        (None, "CONFIRMED"),
-        ("CONFIRMED", "RELEASED"),
-    ]
+    assert releases_on_chain(dev_chains, locked) == [row["release_tx_hash"]]
+    assert [h[1:] for h in await history(relayer.pool, tid)][-1] == ("RELEASED", row["release_tx_hash"])
 
 
-async def test_release_signed_before_a_crash_is_rebroadcast_unchanged(
+async def sign_and_store(relayer: RelayerContext, submitter: ChainSubmitter, tid: str) -> SignedTx:
+    """What the submitter commits before broadcasting (the process then dies)."""
+    await submitter.resume()
+    ready = await txstore.ready_transfers(relayer.pool, 31338, 10)
+    assert [t.id for t in ready] == [tid]
+    batch = await submitter.batcher.build(ready)
+    assert batch is not None
+    fees = await submitter_fees(submitter)
+    data = bytes.fromhex(batch.call_data.removeprefix("0x"))
+    address, nonce = relayer.submitter.address, submitter.next_nonce
+    tx_hash, raw = relayer.submitter.sign(31338, nonce, batch.bridge, data, batch.gas, fees)
+    signed = SignedTx(31338, address, nonce, batch.bridge, tx_hash, data, batch.gas, raw, fees)
+    assert await txstore.persist_tx(relayer.pool, signed, [tid]) is not None
+    return signed
+
+
+async def submitter_fees(submitter: ChainSubmitter) -> Any:
+    from relayer.fees import suggest_fees
+
+    return await suggest_fees(submitter.rpc)
+
+
+async def test_release_signed_before_a_crash_is_resent_unchanged(
     dev_chains: DevNetwork, relayer: RelayerContext
 ) -> None:
     _, target = chains(dev_chains)
     tid, recipient, locked = await locked_transfer(dev_chains, relayer.pool)
-    # The submitter commits the signed transaction and SUBMITTED, then the process dies
-    # before eth_sendRawTransaction: the chain never saw the transaction.
-    transfer = await load_transfer(relayer.pool, tid)
-    assert transfer is not None
-    plan = plan_release(relayer, transfer)
-    assert isinstance(plan, ReleasePlan)
-    data = await Relay(relayer, transfer, plan).call_data()
-    call = ReleaseCall(tid, target.chain_id, plan.bridge.address, data)
-    attempt = await relayer.submitter.prepare(relayer.pool, plan.bridge.rpc, call)
-    assert (await relayer.pool.fetchval("SELECT status FROM transfers WHERE id = $1", tid)) == "SUBMITTED"
+    assert await relay_transfer({CONTEXT_KEY: relayer}, tid) == "handed_over"
+    signed = await sign_and_store(relayer, submitter_for(relayer), tid)
+    assert (await statuses(relayer.pool, [tid]))[tid] == "SUBMITTED"
 
-    assert await relay_transfer({CONTEXT_KEY: relayer}, tid) == "released"
+    # A new submitter resumes from the database: the node never saw the transaction.
+    assert await drive(submitter_for(relayer), [tid]) == {tid: "RELEASED"}
 
     assert balance(target, recipient) == AMOUNT
-    assert releases_on_chain(dev_chains, locked) == [attempt.tx_hash]
-    row = await relayer.pool.fetchrow("SELECT status, release_tx_hash FROM transfers WHERE id = $1", tid)
-    assert tuple(row) == ("RELEASED", attempt.tx_hash)
-
-
-async def test_release_that_lost_the_race_reverts_and_counts_as_released(
-    dev_chains: DevNetwork, relayer: RelayerContext
-) -> None:
-    source, target = chains(dev_chains)
-    tid, recipient, locked = await locked_transfer(dev_chains, relayer.pool)
-    transfer = await load_transfer(relayer.pool, tid)
-    assert transfer is not None
-    plan = plan_release(relayer, transfer)
-    assert isinstance(plan, ReleasePlan)
-    data = await Relay(relayer, transfer, plan).call_data()
-    ours = await relayer.submitter.prepare(
-        relayer.pool, plan.bridge.rpc, ReleaseCall(tid, target.chain_id, plan.bridge.address, data)
-    )
-    # Before our signed transaction reaches the chain, someone else releases the order.
-    order = ReleaseOrder(source.chain_id, source.bridge, locked.nonce, recipient, AMOUNT)
-    keys = [bytes.fromhex(key.removeprefix("0x")) for key in dev_chains.signer_keys]
-    signatures = sign_release_order(order, target.chain_id, target.bridge, keys)
-    call = bridge_contract(target.w3, target.bridge).functions.release(order.as_tuple(), signatures)
-    direct = send_transaction(target.w3, dev_chains.user_key, call, "releasing directly")
-
-    # Ours is still broadcast (its nonce must not leave a gap), reverts, and the other one wins.
-    assert await relay_transfer({CONTEXT_KEY: relayer}, tid) == "already_released"
-
-    assert balance(target, recipient) == AMOUNT
-    winner = direct["transactionHash"].to_0x_hex()
-    assert releases_on_chain(dev_chains, locked) == [winner]
-    row = await relayer.pool.fetchrow("SELECT status, release_tx_hash FROM transfers WHERE id = $1", tid)
-    assert tuple(row) == ("RELEASED", winner)
-    attempt = await relayer.pool.fetchval(
-        "SELECT status FROM release_attempts WHERE tx_hash = $1", ours.tx_hash
-    )
-    assert attempt == "REVERTED"
-    assert target.w3.eth.get_transaction_receipt(ours.tx_hash)["status"] == 0  # type: ignore[arg-type]
+    assert releases_on_chain(dev_chains, locked) == [signed.tx_hash]
+    assert account_nonce(target, relayer.submitter.address) == signed.nonce + 1
+    assert await release_nonces(relayer.pool) == [signed.nonce]
 
 
 async def test_release_the_bridge_cannot_pay_yet_waits_and_is_retried(
@@ -267,17 +322,21 @@ async def test_release_the_bridge_cannot_pay_yet_waits_and_is_retried(
     tid = await insert_confirmed(relayer.pool, dev_chains, source, locked, recipient, target.chain_id)
     # More than the target bridge holds (as if liquidity had been drained).
     await relayer.pool.execute("UPDATE transfers SET amount = $2 WHERE id = $1", tid, 10**30)
+    assert await relay_transfer({CONTEXT_KEY: relayer}, tid) == "handed_over"
+    submitter = submitter_for(relayer)
+    await submitter.resume()
 
-    with pytest.raises(Retry):
-        await relay_transfer({CONTEXT_KEY: relayer}, tid)
+    await submitter.tick()
 
     row = await relayer.pool.fetchrow("SELECT status, last_error, attempts FROM transfers WHERE id = $1", tid)
     assert row["status"] == "CONFIRMED"
     assert "InsufficientLiquidity" in row["last_error"]
     assert row["attempts"] == 1
-    assert (
-        await relayer.pool.fetchval("SELECT count(*) FROM release_attempts WHERE transfer_id = $1", tid) == 0
+    retry_at = await relayer.pool.fetchval(
+        "SELECT retry_at > now() FROM relay_notes WHERE transfer_id = $1", tid
     )
+    assert retry_at is True, "it waits (with back-off) before the next try"
+    assert await relayer.pool.fetchval("SELECT count(*) FROM relay_txs") == 0
     assert balance(target, recipient) == 0
 
 
@@ -301,17 +360,16 @@ async def test_fewer_signer_keys_than_threshold_holds_the_transfer(
     dev_chains: DevNetwork, clean_db: str, redis_url: str, queue_name: str
 ) -> None:
     settings = dev_chains.settings(
-        clean_db, redis_url, queue_name=queue_name, signer_keys=dev_chains.signer_keys[0]
+        clean_db, redis_url, queue_name=queue_name, signer_keys=dev_chains.signer_keys[0], batch_linger=0
     )
     relayer = await open_context(settings)
     try:
         _, target = chains(dev_chains)
         tid, recipient, _ = await locked_transfer(dev_chains, relayer.pool)
 
-        assert await relay_transfer({CONTEXT_KEY: relayer}, tid) == "held"
+        assert await release(relayer, tid) == {tid: "HELD"}
 
         row = await relayer.pool.fetchrow("SELECT status, last_error FROM transfers WHERE id = $1", tid)
-        assert row["status"] == "HELD"
         assert "needs 2 signatures" in row["last_error"]
         assert balance(target, recipient) == 0
     finally:
@@ -330,9 +388,11 @@ async def test_relayer_without_submitter_key_refuses_to_start(
 
 
 async def wait_for_status(pool: asyncpg.Pool, tid: str, status: str, worker: subprocess.Popen[bytes]) -> None:
+    """Wait until the transfer is in ``status`` (RELEASED also accepts the FINALIZED that follows)."""
+    accepted = {status, "FINALIZED"} if status == "RELEASED" else {status}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WAIT_LIMIT
-    while await pool.fetchval("SELECT status FROM transfers WHERE id = $1", tid) != status:
+    while await pool.fetchval("SELECT status FROM transfers WHERE id = $1", tid) not in accepted:
         assert worker.poll() is None, f"the relayer exited early with code {worker.returncode}"
         assert loop.time() < deadline, f"transfer {tid} did not reach {status}"
         await asyncio.sleep(0.1)
@@ -366,7 +426,7 @@ async def test_worker_releases_from_the_database_across_redis_flush_and_kill(
         "FERRY_QUEUE_NAME": queue_name,
         "FERRY_METRICS_PORT": "0",
         "FERRY_SWEEP_INTERVAL": "0.5",
-        "FERRY_RELEASE_TIMEOUT": "2",
+        "FERRY_BATCH_LINGER": "0",
         "FERRY_LOG_FORMAT": "text",
     }
     group = ProcessGroup(env, logdir=tmp_path)
@@ -399,11 +459,11 @@ async def test_worker_releases_from_the_database_across_redis_flush_and_kill(
     assert balance(target, second_recipient) == AMOUNT
     assert balance(target, third_recipient) == AMOUNT
     sent = await relayer.pool.fetchval(
-        "SELECT tx_hash FROM release_attempts WHERE transfer_id = $1 ORDER BY id LIMIT 1", second
+        "SELECT x.tx_hash FROM relay_txs AS x JOIN relay_tx_orders AS o ON o.tx_id = x.id"
+        " WHERE o.transfer_id = $1",
+        second,
     )
     assert releases_on_chain(dev_chains, second_lock) == [sent]
-    assert [h[:2] for h in await history(relayer.pool, second)] == [
-        (None, "CONFIRMED"),
-        ("CONFIRMED", "SUBMITTED"),
-        ("SUBMITTED", "RELEASED"),
-    ]
+    timeline = [h[:2] for h in await history(relayer.pool, second)]
+    assert timeline[:3] == [(None, "CONFIRMED"), ("CONFIRMED", "SUBMITTED"), ("SUBMITTED", "RELEASED")]
+    assert timeline[3:] in ([], [("RELEASED", "FINALIZED")]), "later blocks may already finalize it"

@@ -1,0 +1,274 @@
+"""Benchmark: relayer throughput and confirmation->release latency, with a same-run baseline.
+
+    .venv/bin/python bench/relay.py [--transfers 5000] [--workers 1]
+
+Two fresh anvil chains mining a block a second, a fresh database, and the real
+processes (``ferry indexer`` and ``ferry relayer``). A load generator signs
+``lockTokens`` calls locally and sends them in JSON-RPC batches, half each way.
+
+Figure: sustained releases per second (both directions together), from the first
+transfer's confirmation to the last transfer's release being observed mined, and
+p50/p99 of (release observed mined - CONFIRMED), both from the transfers'
+history in PostgreSQL.
+
+Baseline, same run, same chains: the same number of release orders, pre-signed
+by the signers and packed in ``releaseBatch`` transactions of the same size (50),
+sent straight to the nodes by this script from another account, as fast as it
+can; throughput from the first send to the last receipt.
+
+Prints one JSON object. Uses FERRY_BENCH_DATABASE_URL (default the local
+server's ``postgres`` database, in which it creates and drops its own database)
+and FERRY_BENCH_REDIS_URL (default local; embedded servers when nothing answers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psycopg
+import yaml
+from eth_account import Account
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ferry.deploy import bridge_contract, send_transaction, token_contract  # noqa: E402
+from ferry.devchain import DEV_ACCOUNTS  # noqa: E402
+from ferry.devstack import DevChain, DevNetwork, ProcessGroup, start_dev_network  # noqa: E402
+from ferry.migrate import upgrade  # noqa: E402
+from ferry.services import ensure_postgres, ensure_redis  # noqa: E402
+from relayer.eip712 import ReleaseOrder, sign_release_order  # noqa: E402
+
+BATCH = 50
+RECIPIENT = "0x000000000000000000000000000000000000bEEF"
+BASELINE_ACCOUNT = DEV_ACCOUNTS[8]
+FAKE_SOURCE_BRIDGE = "0x00000000000000000000000000000000000B0A7D"
+
+
+def send_raw(url: str, raw: list[str], per_request: int = 200) -> float:
+    """Send signed transactions in JSON-RPC batches; returns when the last batch was sent."""
+    with httpx.Client(timeout=60) as client:
+        for start in range(0, len(raw), per_request):
+            body = [
+                {"jsonrpc": "2.0", "id": i, "method": "eth_sendRawTransaction", "params": [r]}
+                for i, r in enumerate(raw[start : start + per_request])
+            ]
+            answers = client.post(url, json=body).json()
+            if not isinstance(answers, list):
+                raise RuntimeError(f"sending failed: {answers}")
+            errors = [a for a in answers if "error" in a]
+            if errors:
+                raise RuntimeError(f"sending failed: {errors[:2]}")
+    return time.time()
+
+
+def sign_locks(chain: DevChain, user_key: str, target_chain_id: int, count: int) -> list[str]:
+    account = Account.from_key(user_key)
+    w3 = chain.w3
+    send_transaction(
+        w3, user_key, token_contract(w3, chain.token).functions.approve(chain.bridge, 10**30), "approve"
+    )
+    bridge = bridge_contract(w3, chain.bridge)
+    nonce = w3.eth.get_transaction_count(account.address, "pending")
+    raw = []
+    for index in range(count):
+        data = bridge.encode_abi("lockTokens", args=[10**15 + index, RECIPIENT, target_chain_id])
+        tx = {
+            "type": 2, "chainId": chain.chain_id, "nonce": nonce + index, "to": chain.bridge, "value": 0,
+            "data": data, "gas": 120_000, "maxFeePerGas": 50 * 10**9, "maxPriorityFeePerGas": 10**9,
+        }  # fmt: skip
+        raw.append("0x" + bytes(account.sign_transaction(tx).raw_transaction).hex())
+    return raw
+
+
+def sign_baseline(chain: DevChain, signer_keys: list[bytes], count: int, first_nonce: int) -> list[str]:
+    """``releaseBatch`` transactions of BATCH pre-signed orders (synthetic locks), from another account."""
+    account = Account.from_key(BASELINE_ACCOUNT[1])
+    w3 = chain.w3
+    bridge = bridge_contract(w3, chain.bridge)
+    nonce = w3.eth.get_transaction_count(account.address, "pending")
+    raw = []
+    for index, start in enumerate(range(0, count, BATCH)):
+        orders = [
+            ReleaseOrder(999, FAKE_SOURCE_BRIDGE, first_nonce + n, RECIPIENT, 10**12)
+            for n in range(start, min(start + BATCH, count))
+        ]
+        signatures = [sign_release_order(o, chain.chain_id, chain.bridge, signer_keys) for o in orders]
+        data = bridge.encode_abi("releaseBatch", args=[[o.as_tuple() for o in orders], signatures])
+        tx = {
+            "type": 2, "chainId": chain.chain_id, "nonce": nonce + index, "to": chain.bridge, "value": 0,
+            "data": data, "gas": 4_000_000, "maxFeePerGas": 50 * 10**9, "maxPriorityFeePerGas": 10**9,
+        }  # fmt: skip
+        raw.append("0x" + bytes(account.sign_transaction(tx).raw_transaction).hex())
+    return raw
+
+
+def wait_mined(chain: DevChain, address: str, expected_nonce: int, limit: float = 300) -> float:
+    deadline = time.time() + limit
+    while chain.w3.eth.get_transaction_count(address, "latest") < expected_nonce:  # type: ignore[arg-type]
+        if time.time() > deadline:
+            raise RuntimeError("baseline transactions were not all mined")
+        time.sleep(0.05)
+    return time.time()
+
+
+def baseline(network: DevNetwork, per_chain: int) -> dict[str, Any]:
+    keys = [bytes.fromhex(k.removeprefix("0x")) for k in network.signer_keys]
+    address = BASELINE_ACCOUNT[0]
+    signed = {c.chain_id: sign_baseline(c, keys, per_chain, 10**9) for c in network.chains}
+    before = {c.chain_id: c.w3.eth.get_transaction_count(address, "latest") for c in network.chains}  # type: ignore[arg-type]
+    started = time.time()
+    for chain in network.chains:
+        send_raw(chain.url, signed[chain.chain_id], per_request=5)
+    finished = max(
+        wait_mined(chain, address, before[chain.chain_id] + len(signed[chain.chain_id]))
+        for chain in network.chains
+    )
+    seconds = finished - started
+    return {
+        "releases": 2 * per_chain,
+        "seconds": round(seconds, 2),
+        "releases_per_second": round(2 * per_chain / seconds, 1),
+    }
+
+
+def measure(database_url: str, total: int, limit: float) -> dict[str, Any]:
+    deadline = time.time() + limit
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while True:
+            (done,) = conn.execute(
+                "SELECT count(*) FROM transfers WHERE status IN ('RELEASED', 'FINALIZED')"
+            ).fetchone() or (0,)
+            if done >= total or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        rows = conn.execute(
+            """
+            SELECT c.created_at AS confirmed, r.created_at AS released
+              FROM transfer_status_history AS c
+              JOIN transfer_status_history AS r ON r.transfer_id = c.transfer_id AND r.to_status = 'RELEASED'
+             WHERE c.to_status = 'CONFIRMED'
+            """
+        ).fetchall()
+        stages = conn.execute(
+            """
+            SELECT to_status, extract(epoch FROM min(created_at)), extract(epoch FROM max(created_at))
+              FROM transfer_status_history GROUP BY to_status
+            UNION ALL
+            SELECT 'VETTED', extract(epoch FROM min(vetted_at)), extract(epoch FROM max(vetted_at))
+              FROM relay_notes
+            """
+        ).fetchall()
+    origin = min(float(first) for _, first, _ in stages)
+    spans = {status: [round(float(a) - origin, 2), round(float(b) - origin, 2)] for status, a, b in stages}
+    latencies = sorted((released - confirmed).total_seconds() for confirmed, released in rows)
+    first = min(confirmed for confirmed, _ in rows)
+    last = max(released for _, released in rows)
+    seconds = (last - first).total_seconds()
+    return {
+        "released": done,
+        "seconds": round(seconds, 2),
+        "releases_per_second": round(len(rows) / seconds, 1) if seconds else None,
+        "p50_confirmed_to_release_mined_s": round(statistics.median(latencies), 3),
+        "p99_confirmed_to_release_mined_s": round(latencies[int(0.99 * (len(latencies) - 1))], 3),
+        "stage_spans_s": spans,
+    }
+
+
+def run(transfers: int, workers: int, keep: bool = False) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
+    admin = os.environ.get("FERRY_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    postgres = ensure_postgres(admin, workdir / "pg")
+    redis = ensure_redis(
+        os.environ.get("FERRY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"), workdir / "redis"
+    )
+    name = f"ferry_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(postgres.url)
+    database_url = urlunsplit(parts._replace(path=f"/{name}"))
+    network = start_dev_network(workdir / "chains", block_time=1)
+    group = ProcessGroup({}, workdir / "logs")
+    try:
+        upgrade(database_url)
+        document = yaml.safe_load(network.chains_file.read_text())
+        for route in document["routes"]:
+            route["sender_hourly_limit"] = 10**6
+        chains_file = workdir / "bench-chains.yaml"
+        chains_file.write_text(yaml.safe_dump(document, sort_keys=False))
+        env = {
+            **network.env(),
+            "FERRY_CHAINS_FILE": str(chains_file),
+            "FERRY_DATABASE_URL": database_url,
+            "FERRY_REDIS_URL": redis.url,
+            "FERRY_QUEUE_NAME": f"ferry:bench:{name}",
+            "FERRY_METRICS_PORT": "0",
+            "FERRY_INDEXER_HEALTH_PORT": "0",
+            "FERRY_LOG_LEVEL": os.environ.get("FERRY_BENCH_LOG_LEVEL", "WARNING"),
+            "FERRY_MAX_IN_FLIGHT": "256",
+        }
+        group = ProcessGroup(env, workdir / "logs")
+        group.start("indexer", "indexer")
+        for index in range(workers):
+            group.start(f"relayer-{index}", "relayer")
+        time.sleep(3)
+        a, b = network.chain(31337), network.chain(31338)
+        half = transfers // 2
+        locks = [
+            (a, sign_locks(a, network.user_key, b.chain_id, half)),
+            (b, sign_locks(b, network.user_key, a.chain_id, transfers - half)),
+        ]
+        for chain, raw in locks:
+            send_raw(chain.url, raw)
+        figure = measure(database_url, transfers, limit=600)
+        group.stop()
+        base = baseline(network, transfers // 2)
+    finally:
+        group.stop()
+        network.stop()
+        with psycopg.connect(postgres.url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        redis.stop()
+        postgres.stop()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    ratio = (
+        figure["releases_per_second"] / base["releases_per_second"] if figure["releases_per_second"] else None
+    )
+    return {
+        "benchmark": "relay",
+        "transfers": transfers,
+        "relayer_workers": workers,
+        "logs": str(workdir / "logs") if keep else None,
+        "block_time_s": 1,
+        "batch_size": BATCH,
+        "figure": figure,
+        "baseline": base,
+        "ratio_to_baseline": round(ratio, 3) if ratio else None,
+        "targets": {"releases_per_second": 500, "p99_s": 3.0, "ratio_to_baseline": 0.7},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--transfers", type=int, default=5_000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs) afterwards")
+    args = parser.parse_args()
+    print(json.dumps(run(args.transfers, args.workers, args.keep), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+"""Following release transactions on the target chain: receipts, re-pricing, gaps, finality.
+
+Each round of the submitter (``ChainSubmitter.tick``) calls ``Confirmer.check``:
+
+1. Read the account's mined nonce count first, then every open transaction's
+   receipts (all hashes of a nonce: an earlier, cheaper version may be the one
+   that was mined). Reading the count first means a transaction mined in
+   between is seen by its receipt, never mistaken for a dropped one.
+2. Mined and succeeded: MINED, and each order it carries is RELEASED with this
+   transaction, or, when its ``TransferReleased`` is not in the receipt (the
+   batch skipped it: someone released it first), with the transaction that did
+   release it ("already processed" is success). Mined and reverted: its
+   transfers go back to CONFIRMED; the batcher finds out why before re-sending.
+3. MINED transactions are watched until they have the chain's confirmations
+   (then FINAL, and their transfers FINALIZED) or until their block leaves the
+   chain: then the transaction is SENT again, re-broadcast unchanged (same
+   nonce, the bridge refuses replays), and its transfers go back to CONFIRMED.
+4. Gap repair: a SENT transaction at or above the mined count that the node
+   does not know (anvil can drop one and keep later nonces queued; a node
+   restart forgets its pool) is re-sent unchanged. One below it that has no
+   receipt lost its nonce to another transaction: DROPPED, transfers CONFIRMED.
+5. Re-pricing: a SENT transaction older than ``replace_after`` is re-signed with
+   the same nonce and fees raised per ``relayer.fees.replacement_fees``; at the
+   cap it stays and ``ferry_relayer_stuck_at_fee_cap`` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from eth_utils.address import to_checksum_address
+
+from ferry.contracts import TRANSFER_RELEASED_TOPIC
+from ferry.domain import parse_transfer_id
+from ferry.metrics import (
+    GAS_SPENT,
+    LOCK_TO_RELEASE,
+    RELEASES,
+    REPLACEMENTS,
+    STUCK_AT_FEE_CAP,
+    TRANSFER_TRANSITIONS,
+    TXS_IN_FLIGHT,
+)
+from ferry.rpc import RpcGarbage, quantity
+from ferry.transitions import Change
+from relayer import legacy, txstore
+from relayer.bridge import LockKey, TargetBridge
+from relayer.fees import replacement_fees, suggest_fees
+from relayer.txstore import Inclusion, Released, TxRow
+
+if TYPE_CHECKING:
+    from relayer.submitter import ChainSubmitter
+
+log = logging.getLogger(__name__)
+
+#: Seconds between gap checks while the head does not move.
+GAP_CHECK_SECONDS = 2.0
+
+
+class Confirmer:
+    def __init__(self, submitter: ChainSubmitter) -> None:
+        self.s = submitter
+        self.label = str(submitter.chain.id)
+        self._block_times: dict[int, datetime] = {}
+        self._next_gap_check = 0.0
+        self._last_head = -1
+
+    async def check(self) -> None:
+        """Follow receipts and gaps when the head moved (or every few seconds), re-price when due."""
+        if not self.s.open:
+            TXS_IN_FLIGHT.labels(self.label).set(0)
+            return
+        loop = asyncio.get_running_loop()
+        head = await self.s.rpc.block_number()
+        if head != self._last_head or loop.time() >= self._next_gap_check:
+            # NOTE: the mined count is read before the receipts: a transaction mined in
+            # between shows up by its receipt and is never taken for a dropped one.
+            mined_count = await self.s.account_nonce("latest")
+            log.debug(
+                "chain %s head %d, mined nonces %d, %d open", self.label, head, mined_count, len(self.s.open)
+            )
+            await self.follow(head)
+            await self.repair_gaps(mined_count)
+            self._next_gap_check = loop.time() + GAP_CHECK_SECONDS
+            self._last_head = head
+        await self.reprice()
+        TXS_IN_FLIGHT.labels(self.label).set(sum(1 for tx in self.s.open.values() if tx.status == "SENT"))
+
+    # ------------------------------------------------------------- receipts
+
+    async def follow(self, head: int) -> None:
+        txs = sorted(self.s.open.values(), key=lambda tx: tx.nonce)
+        calls: list[tuple[str, list[Any]]] = []
+        owners: list[TxRow] = []
+        for tx in txs:
+            for tx_hash in tx.hashes if tx.status == "SENT" else [tx.mined_hash]:
+                calls.append(("eth_getTransactionReceipt", [tx_hash]))
+                owners.append(tx)
+        receipts = await self.s.rpc.batch(calls)
+        found: dict[int, dict[str, Any]] = {}
+        for tx, receipt in zip(owners, receipts, strict=True):
+            if isinstance(receipt, dict):
+                found.setdefault(tx.id, receipt)
+            elif receipt is not None:
+                raise RpcGarbage(f"eth_getTransactionReceipt answered a {type(receipt).__name__}")
+        for tx in txs:
+            receipt = found.get(tx.id)
+            if tx.status == "SENT" and receipt is not None:
+                await self.settle(tx, receipt)
+            elif tx.status == "MINED":
+                await self.watch(tx, receipt, head)
+
+    async def settle(self, tx: TxRow, receipt: dict[str, Any]) -> None:
+        inclusion = Inclusion(
+            str(receipt["transactionHash"]),
+            quantity(receipt.get("blockNumber"), "receipt blockNumber"),
+            str(receipt.get("blockHash")),
+            quantity(receipt.get("status"), "receipt status") == 1,
+            quantity(receipt.get("gasUsed"), "receipt gasUsed"),
+            quantity(receipt.get("effectiveGasPrice", "0x0"), "receipt effectiveGasPrice"),
+        )
+        routes = await self.routes_of(tx)
+        self.count_gas(routes, inclusion)
+        if not inclusion.succeeded:
+            error = f"release transaction {inclusion.tx_hash} reverted in block {inclusion.block_number}"
+            changes = await txstore.record_reverted(self.s.pool, tx, inclusion, error)
+            del self.s.open[tx.nonce]
+            RELEASES.labels(self.label, "reverted").inc()
+            self.count(changes, routes)
+            log.warning("%s; its %d transfers go back to be checked", error, len(tx.transfer_ids))
+            return
+        released, missing = await self.released_orders(tx, receipt, inclusion)
+        changes = await txstore.record_mined(self.s.pool, tx, inclusion, released)
+        if missing:
+            changes += await txstore.record_not_released(
+                self.s.pool, missing, f"release {inclusion.tx_hash} skipped the order; sending it again"
+            )
+        tx.status, tx.mined_hash = "MINED", inclusion.tx_hash
+        tx.block_number, tx.block_hash = inclusion.block_number, inclusion.block_hash
+        RELEASES.labels(self.label, "mined").inc()
+        self.count(changes, routes)
+        self.observe_latency(changes, released, routes)
+
+    async def released_orders(
+        self, tx: TxRow, receipt: dict[str, Any], inclusion: Inclusion
+    ) -> tuple[list[Released], list[str]]:
+        """Each carried transfer's release: this transaction, another one, or none (``missing``)."""
+        if tx.bridge in self.s.batcher.legacy:
+            return await self.released_legacy(tx, receipt, inclusion)
+        in_receipt = released_keys(receipt.get("logs") or [], tx.bridge)
+        block_time = await self.block_time(inclusion.block_number)
+        released: list[Released] = []
+        missing: list[str] = []
+        bridge = TargetBridge(self.s.rpc, self.s.chain.id, tx.bridge)
+        for transfer_id in tx.transfer_ids:
+            key = lock_key(transfer_id)
+            if (key.source_chain_id, key.source_bridge.lower(), key.nonce) in in_receipt:
+                released.append(Released(transfer_id, inclusion.tx_hash, inclusion.block_number, block_time))
+                continue
+            start = min((d.start_block for d in self.s.chain.bridges.values()), default=0)
+            found = await bridge.find_release(key, start, self.s.chain.log_range)
+            if found is None:
+                missing.append(transfer_id)
+            else:
+                when = await self.block_time(found.block_number)
+                released.append(Released(transfer_id, found.tx_hash, found.block_number, when))
+        return released, missing
+
+    async def released_legacy(
+        self, tx: TxRow, receipt: dict[str, Any], inclusion: Inclusion
+    ) -> tuple[list[Released], list[str]]:
+        """A legacy ``releaseTokens`` carries one transfer, identified on chain by its nonce."""
+        paid = legacy.released_nonces(receipt.get("logs") or [], tx.bridge)
+        released: list[Released] = []
+        missing: list[str] = []
+        for transfer_id in tx.transfer_ids:
+            nonce = lock_key(transfer_id).nonce
+            if nonce in paid:
+                when = await self.block_time(inclusion.block_number)
+                released.append(Released(transfer_id, inclusion.tx_hash, inclusion.block_number, when))
+                continue
+            start = min((d.start_block for d in self.s.chain.bridges.values()), default=0)
+            found = await legacy.find_release(self.s.rpc, tx.bridge, nonce, start, self.s.chain.log_range)
+            if found is None:
+                missing.append(transfer_id)
+            else:
+                when = await self.block_time(found.block_number)
+                released.append(Released(transfer_id, found.tx_hash, found.block_number, when))
+        return released, missing
+
+    async def watch(self, tx: TxRow, receipt: dict[str, Any] | None, head: int) -> None:
+        """A MINED transaction: FINAL with the chain's confirmations, SENT again if reorged out."""
+        if receipt is None or str(receipt.get("blockHash")) != tx.block_hash:
+            log.warning("release %s left the chain (reorg); sending it again", tx.mined_hash)
+            changes = await txstore.record_reorged(self.s.pool, tx)
+            tx.status, tx.mined_hash, tx.block_number, tx.block_hash = "SENT", None, None, None
+            tx.sent_at = asyncio.get_running_loop().time()
+            RELEASES.labels(self.label, "reorged").inc()
+            self.count(changes, await self.routes_of(tx))
+            await self.s.transmit(tx, "rebroadcast")
+            return
+        assert tx.block_number is not None
+        if head - tx.block_number + 1 >= self.s.chain.confirmations:
+            changes = await txstore.record_final(self.s.pool, tx)
+            del self.s.open[tx.nonce]
+            self.count(changes, await self.routes_of(tx))
+
+    # ------------------------------------------------------ gaps and fees
+
+    async def repair_gaps(self, mined_count: int) -> None:
+        sent = sorted((tx for tx in self.s.open.values() if tx.status == "SENT"), key=lambda tx: tx.nonce)
+        waiting = [tx for tx in sent if tx.nonce >= mined_count]
+        for tx in sent:
+            if tx.nonce < mined_count:
+                error = f"nonce {tx.nonce} was used by another transaction; the transfers are sent again"
+                changes = await txstore.record_dropped(self.s.pool, tx, error)
+                del self.s.open[tx.nonce]
+                RELEASES.labels(self.label, "dropped").inc()
+                self.count(changes, await self.routes_of(tx))
+                log.warning("release %s dropped: %s", tx.tx_hash, error)
+        if not waiting:
+            return
+        calls = [("eth_getTransactionByHash", [h]) for tx in waiting for h in tx.hashes]
+        known = {str(t["hash"]).lower() for t in await self.s.rpc.batch(calls) if isinstance(t, dict)}
+        log.debug("chain %s: the node knows %d of %d waiting releases", self.label, len(known), len(waiting))
+        for tx in waiting:
+            if not any(h.lower() in known for h in tx.hashes):
+                log.warning("the node lost release %s (nonce %d); re-sending it", tx.tx_hash, tx.nonce)
+                await self.s.transmit(tx, "rebroadcast")
+
+    async def reprice(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        settings = self.s.settings
+        due = [
+            tx
+            for tx in self.s.open.values()
+            if tx.status == "SENT" and now - tx.sent_at >= settings.replace_after
+        ]
+        if not due:
+            return
+        suggested = await suggest_fees(self.s.rpc)
+        at_cap = 0
+        for tx in sorted(due, key=lambda tx: tx.nonce):
+            fees = replacement_fees(tx.fees, suggested, settings.fee_bump_percent, settings.max_fee_per_gas)
+            if fees is None:
+                at_cap += 1
+                tx.sent_at = now  # NOTE: look again after another replace_after, alert meanwhile
+                log.error(
+                    "release %s (nonce %d) is not mined and already priced at max_fee_per_gas: it stays",
+                    tx.tx_hash,
+                    tx.nonce,
+                )
+                continue
+            tx_hash, raw = self.s.signer.sign(tx.chain_id, tx.nonce, tx.bridge, tx.call_data, tx.gas, fees)
+            await txstore.record_replacement(self.s.pool, tx, tx_hash, raw, fees)
+            tx.earlier_hashes.insert(0, tx.tx_hash)
+            tx.tx_hash, tx.raw_tx, tx.fees, tx.replacements, tx.sent_at = (
+                tx_hash,
+                raw,
+                fees,
+                tx.replacements + 1,
+                now,
+            )
+            REPLACEMENTS.labels(self.label).inc()
+            log.warning(
+                "release nonce %d re-priced as %s (%d gwei cap)",
+                tx.nonce,
+                tx_hash,
+                fees.max_fee_per_gas // 10**9,
+            )
+            await self.s.transmit(tx, "replaced")
+        STUCK_AT_FEE_CAP.labels(self.label).set(at_cap)
+
+    # ------------------------------------------------------------- helpers
+
+    async def block_time(self, number: int) -> datetime | None:
+        cached = self._block_times.get(number)
+        if cached is None:
+            block = await self.s.rpc.get_block(number)
+            if block is None:
+                return None
+            cached = datetime.fromtimestamp(quantity(block.get("timestamp"), "block timestamp"), UTC)
+            if len(self._block_times) > 256:
+                self._block_times.clear()
+            self._block_times[number] = cached
+        return cached
+
+    async def routes_of(self, tx: TxRow) -> dict[str, tuple[str, datetime]]:
+        rows = await self.s.pool.fetch(
+            "SELECT id, route_id, lock_block_time FROM transfers WHERE id = ANY($1::text[])", tx.transfer_ids
+        )
+        return {row["id"]: (row["route_id"], row["lock_block_time"]) for row in rows}
+
+    def count(self, changes: list[Change], routes: dict[str, tuple[str, datetime]]) -> None:
+        for change in changes:
+            route = routes.get(change.transfer_id, ("?", datetime.now(UTC)))[0]
+            TRANSFER_TRANSITIONS.labels(route, change.to_status.value).inc()
+
+    def count_gas(self, routes: dict[str, tuple[str, datetime]], inclusion: Inclusion) -> None:
+        if not routes:
+            return
+        share = inclusion.gas_used * inclusion.gas_price / len(routes)
+        for route, _ in routes.values():
+            GAS_SPENT.labels(route).inc(share)
+
+    def observe_latency(
+        self, changes: list[Change], released: list[Released], routes: dict[str, tuple[str, datetime]]
+    ) -> None:
+        """Lock block time to release block time, for transfers this settlement moved to RELEASED."""
+        moved = {c.transfer_id for c in changes if c.to_status.value == "RELEASED"}
+        for item in released:
+            route_and_lock = routes.get(item.transfer_id)
+            if item.transfer_id in moved and item.block_time is not None and route_and_lock is not None:
+                seconds = (item.block_time - route_and_lock[1]).total_seconds()
+                LOCK_TO_RELEASE.labels(route_and_lock[0]).observe(max(seconds, 0.0))
+
+
+def lock_key(transfer_id: str) -> LockKey:
+    chain, bridge, nonce = parse_transfer_id(transfer_id)
+    return LockKey(chain, to_checksum_address(bridge), nonce)
+
+
+def released_keys(logs: list[dict[str, Any]], bridge: str) -> set[tuple[int, str, int]]:
+    """(source chain, source bridge lowercase, nonce) of every ``TransferReleased`` ``bridge`` emitted."""
+    keys: set[tuple[int, str, int]] = set()
+    for log_entry in logs:
+        topics = log_entry.get("topics") or []
+        if str(log_entry.get("address", "")).lower() != bridge.lower() or len(topics) != 4:
+            continue
+        if str(topics[0]).lower() != TRANSFER_RELEASED_TOPIC.lower() or log_entry.get("removed"):
+            continue
+        data = bytes.fromhex(str(log_entry.get("data", "0x")).removeprefix("0x"))
+        if len(data) != 64:
+            continue
+        source_bridge = "0x" + data[44:64].hex()
+        keys.add((int(str(topics[1]), 16), source_bridge, int(str(topics[2]), 16)))
+    return keys

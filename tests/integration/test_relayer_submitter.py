@@ -1,0 +1,171 @@
+"""The submitter against a real anvil: stuck transactions, lost transactions, reorged releases.
+
+Each test hands real locks to chain B's submitter (``relayer.submitter``) and
+drives it round by round while it plays the node's part with anvil's controls:
+automining off, a base fee above what a transaction offers, a transaction
+dropped from the pool, a block reorged away. What is checked is what users and
+operators notice: every lock released once on chain, the transfer's timeline,
+and the submitting account's nonces, which never skip and never repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from ferry.devstack import DevNetwork
+from relayer.context import CONTEXT_KEY, RelayerContext, open_context
+from relayer.jobs import relay_transfer
+from relayer.submitter import ChainSubmitter
+from tests.integration.test_relayer import (
+    AMOUNT,
+    WAIT_LIMIT,
+    account_nonce,
+    balance,
+    chains,
+    drive,
+    history,
+    locked_transfer,
+    release_nonces,
+    releases_on_chain,
+    rpc,
+    statuses,
+    submitter_for,
+)
+
+OpenRelayer = Callable[..., Any]
+
+
+@pytest.fixture
+async def open_relayer(
+    dev_chains: DevNetwork, clean_db: str, redis_url: str, queue_name: str
+) -> AsyncIterator[OpenRelayer]:
+    opened: list[RelayerContext] = []
+
+    async def open_with(**settings: Any) -> RelayerContext:
+        values = {"queue_name": queue_name, "metrics_port": 0, "batch_linger": 0, **settings}
+        context = await open_context(dev_chains.settings(clean_db, redis_url, **values))
+        opened.append(context)
+        return context
+
+    yield open_with
+    _, target = chains(dev_chains)
+    rpc(target, "evm_setAutomine", True)
+    rpc(target, "evm_mine")
+    for context in opened:
+        await context.close()
+
+
+async def hand_over(relayer: RelayerContext, count: int, network: DevNetwork) -> list[tuple[str, str, Any]]:
+    transfers = [await locked_transfer(network, relayer.pool) for _ in range(count)]
+    for tid, _, _ in transfers:
+        assert await relay_transfer({CONTEXT_KEY: relayer}, tid) == "handed_over"
+    return transfers
+
+
+async def ticks_until(submitter: ChainSubmitter, query: str, *args: Any) -> Any:
+    """Submitter rounds until ``query`` answers something truthy; that answer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_LIMIT
+    while True:
+        await submitter.tick()
+        answer = await submitter.pool.fetchval(query, *args)
+        if answer:
+            return answer
+        assert loop.time() < deadline, f"no answer to {query!r}"
+        await asyncio.sleep(0.1)
+
+
+async def test_stuck_release_is_replaced_with_higher_fees_and_mined_with_the_same_nonce(
+    dev_chains: DevNetwork, open_relayer: OpenRelayer
+) -> None:
+    relayer = await open_relayer(replace_after=0.5)
+    _, target = chains(dev_chains)
+    [(tid, recipient, locked)] = await hand_over(relayer, 1, dev_chains)
+    nonce_before = account_nonce(target, relayer.submitter.address)
+    submitter = submitter_for(relayer)
+    await submitter.resume()
+    rpc(target, "evm_setAutomine", False)
+
+    await submitter.tick()
+    first = await relayer.pool.fetchrow("SELECT tx_hash, nonce, max_fee_per_gas FROM relay_txs")
+    assert first["nonce"] == nonce_before
+    # The base fee jumps above what the release offers: blocks are mined without it.
+    rpc(target, "anvil_setNextBlockBaseFeePerGas", hex(int(first["max_fee_per_gas"]) * 4))
+    rpc(target, "evm_mine")
+    assert target.w3.eth.get_transaction_count(relayer.submitter.address) == nonce_before  # type: ignore[arg-type]
+
+    await ticks_until(submitter, "SELECT replacements >= 1 FROM relay_txs")
+    rpc(target, "evm_mine")
+    assert await drive(submitter, [tid], resume=False) == {tid: "RELEASED"}
+
+    row = await relayer.pool.fetchrow("SELECT * FROM relay_txs")
+    assert row["nonce"] == first["nonce"]
+    assert row["earlier_hashes"][-1] == first["tx_hash"]
+    assert row["max_fee_per_gas"] >= first["max_fee_per_gas"] * 9 // 8
+    assert releases_on_chain(dev_chains, locked) == [row["tx_hash"]]
+    assert row["tx_hash"] != first["tx_hash"]
+    assert target.w3.eth.get_transaction_receipt(row["tx_hash"])["status"] == 1  # type: ignore[arg-type]
+    assert account_nonce(target, relayer.submitter.address) == nonce_before + 1
+    assert balance(target, recipient) == AMOUNT
+    assert (await history(relayer.pool, tid))[-1][1:] == ("RELEASED", row["tx_hash"])
+
+
+async def test_release_the_node_lost_is_resent_and_later_nonces_follow_without_a_gap(
+    dev_chains: DevNetwork, open_relayer: OpenRelayer
+) -> None:
+    relayer = await open_relayer(batch_size=1)
+    _, target = chains(dev_chains)
+    transfers = await hand_over(relayer, 2, dev_chains)
+    tids = [tid for tid, _, _ in transfers]
+    nonce_before = account_nonce(target, relayer.submitter.address)
+    submitter = submitter_for(relayer)
+    await submitter.resume()
+    rpc(target, "evm_setAutomine", False)
+
+    await ticks_until(submitter, "SELECT count(*) = 2 FROM relay_txs")
+    lost = await relayer.pool.fetchval("SELECT tx_hash FROM relay_txs ORDER BY nonce LIMIT 1")
+    # The node forgets the first transaction; the second waits behind the gap.
+    rpc(target, "anvil_dropTransaction", lost)
+    assert rpc(target, "eth_getTransactionByHash", lost)["result"] is None
+    await ticks_until(submitter, "SELECT true")  # a round with the gap in sight
+    rpc(target, "evm_mine")
+
+    assert set((await drive(submitter, tids, resume=False)).values()) == {"RELEASED"}
+    assert await release_nonces(relayer.pool) == [nonce_before, nonce_before + 1]
+    assert account_nonce(target, relayer.submitter.address) == nonce_before + 2
+    assert releases_on_chain(dev_chains, transfers[0][2]) == [lost]
+    assert all(len(releases_on_chain(dev_chains, locked)) == 1 for _, _, locked in transfers)
+
+
+async def test_release_reorged_out_of_the_target_chain_is_sent_again_and_released_once(
+    dev_chains: DevNetwork, open_relayer: OpenRelayer
+) -> None:
+    relayer = await open_relayer()
+    _, target = chains(dev_chains)
+    [(tid, recipient, locked)] = await hand_over(relayer, 1, dev_chains)
+    submitter = submitter_for(relayer)
+    assert await drive(submitter, [tid]) == {tid: "RELEASED"}
+    mined = await relayer.pool.fetchrow("SELECT tx_hash, block_hash, nonce FROM relay_txs")
+
+    # The block holding the release is replaced by one without it.
+    rpc(target, "anvil_reorg", 1, [])
+    assert releases_on_chain(dev_chains, locked) == []
+
+    await ticks_until(submitter, "SELECT status = 'SENT' FROM relay_txs")
+    assert (await statuses(relayer.pool, [tid]))[tid] in ("CONFIRMED", "RELEASED")
+    assert await drive(submitter, [tid], resume=False) == {tid: "RELEASED"}
+
+    again = await relayer.pool.fetchrow("SELECT tx_hash, block_hash, nonce, status FROM relay_txs")
+    assert (again["tx_hash"], again["nonce"]) == (mined["tx_hash"], mined["nonce"]), "re-sent unchanged"
+    assert again["block_hash"] != mined["block_hash"]
+    assert releases_on_chain(dev_chains, locked) == [mined["tx_hash"]]
+    assert balance(target, recipient) == AMOUNT
+    assert [h[:2] for h in await history(relayer.pool, tid)][-3:] == [
+        ("SUBMITTED", "RELEASED"),
+        ("RELEASED", "CONFIRMED"),
+        ("CONFIRMED", "RELEASED"),
+    ]

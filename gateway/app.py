@@ -6,7 +6,8 @@ starts and stops its own ``Gateway`` (for tests and simple deployments).
 
 Health: ``/health`` answers while the process runs; ``/ready`` answers 200 only
 while the database answers ``SELECT 1`` and the LISTEN connection is up (503
-otherwise), with each check in the JSON body.
+otherwise), with each check in the JSON body; it also reports whether Redis (the
+relayer's queue, which admin actions feed) answers, without failing on it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -23,32 +26,54 @@ from strawberry.asgi import GraphQL
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from ferry.settings import Settings
-from gateway.context import Gateway, GatewayContext, Loaders
+from gateway.context import Gateway, GatewayContext
+from gateway.protection import Protection
 from gateway.schema import schema
 
 #: Seconds between keep-alive messages on legacy graphql-ws connections.
 KEEP_ALIVE_INTERVAL = 15.0
+#: The readiness checks that make /ready answer 503 (redis is informational, for admins).
+GATING_CHECKS = ("database", "listener")
 
 
 class GraphQLView(GraphQL[GatewayContext, None]):
     """Strawberry's ASGI view, giving every request a context on the shared gateway."""
 
     def __init__(self, gateway: Gateway) -> None:
+        settings = gateway.settings
         super().__init__(
             schema,
+            graphql_ide="graphiql" if settings.gateway_graphiql else None,
             keep_alive=True,
             keep_alive_interval=KEEP_ALIVE_INTERVAL,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
-            # NOTE: public, read-only data and no cookie credentials: wallet pages on any
-            # origin may subscribe. Revisit when authentication arrives.
-            allowed_origins=("*",),
+            # NOTE: credentials travel in the Authorization header (never cookies), so any
+            # allowed origin may call; FERRY_GATEWAY_CORS_ORIGINS narrows it.
+            allowed_origins=cors_origins(settings),
         )
         self._gateway = gateway
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> GatewayContext:
-        return GatewayContext(gateway=self._gateway, loaders=Loaders.on(self._gateway.pool), request=request)
+        return GatewayContext(gateway=self._gateway, request=request)
+
+
+def cors_origins(settings: Settings) -> tuple[str, ...]:
+    return tuple(o.strip() for o in settings.gateway_cors_origins.split(",") if o.strip()) or ("*",)
+
+
+def protections(settings: Settings) -> list[Middleware]:
+    """CORS, then per-client rate and request size limits, around the GraphQL routes."""
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins(settings)),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["authorization", "content-type"],
+        ),
+        Middleware(Protection, rate=settings.gateway_rate_limit, max_body=settings.gateway_max_request_bytes),
+    ]
 
 
 def graphql_routes(gateway: Gateway) -> list[BaseRoute]:
@@ -62,7 +87,7 @@ def health_routes(gateway: Gateway) -> list[BaseRoute]:
 
     async def ready(_request: Request) -> JSONResponse:
         checks = await gateway.readiness()
-        is_ready = all(value == "ok" for value in checks.values())
+        is_ready = all(checks[name] == "ok" for name in GATING_CHECKS)
         body = {"status": "ready" if is_ready else "not ready", "checks": checks}
         return JSONResponse(body, status_code=200 if is_ready else 503)
 
@@ -70,7 +95,7 @@ def health_routes(gateway: Gateway) -> list[BaseRoute]:
 
 
 def graphql_app(gateway: Gateway) -> Starlette:
-    return Starlette(routes=graphql_routes(gateway))
+    return Starlette(routes=graphql_routes(gateway), middleware=protections(gateway.settings))
 
 
 def health_app(gateway: Gateway) -> Starlette:
@@ -89,6 +114,10 @@ def create_app(settings: Settings, *, queue_size: int | None = None) -> Starlett
         finally:
             await gateway.stop()
 
-    app = Starlette(routes=graphql_routes(gateway) + health_routes(gateway), lifespan=lifespan)
+    app = Starlette(
+        routes=graphql_routes(gateway) + health_routes(gateway),
+        middleware=protections(settings),
+        lifespan=lifespan,
+    )
     app.state.gateway = gateway
     return app

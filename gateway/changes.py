@@ -7,7 +7,9 @@ Design (the subscription's promises rest on it):
   primary (``DATABASE_URL``): PostgreSQL does not forward notifications to
   replicas.
 - One fetcher task reads history rows with id > its cursor, in id order, from
-  the read pool, and offers each row to the subscribers of that transfer. The
+  the read pool (with each row's transfer, for address and filter matching), and
+  offers each row to the subscribers of that transfer, of its sender or
+  recipient, and to filter subscribers whose filter it passes. The
   cursor advances in the same synchronous step as the offers, so a subscriber
   that registers between two reads gets every row read after it registered.
   History ids are in commit order (``ferry.transitions``), so reading
@@ -19,12 +21,14 @@ Design (the subscription's promises rest on it):
 - Each subscriber has a bounded queue. One that falls ``queue_size`` changes
   behind is cut off with ``SubscriberTooSlow``, which tells the client the
   cursor to resume from, instead of growing memory without limit.
-- ``follow_transfer`` registers the subscriber *before* replaying history from
-  the database, then drops live changes it already replayed (id <= last sent):
-  nothing is skipped or sent twice across the switch from replay to live.
+- ``follow_transfer`` and ``follow_changes`` register the subscriber *before*
+  replaying history from the database, then drop live changes already replayed
+  (id <= last sent): nothing is skipped or sent twice across the switch.
+  ``follow_changes`` replays only up to the feed's cursor at registration.
 
-Nothing polls per subscriber; the work per change is one dict lookup plus one
-queue put per subscriber of that transfer.
+Nothing polls per subscriber; the work per change is two or three dict lookups,
+a filter check per filter subscriber without an address, and one queue put per
+receiving subscriber.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
@@ -41,7 +46,8 @@ from ferry.db import Listener
 from ferry.domain import CHANGES_CHANNEL
 from gateway import reads
 from gateway.errors import SubscriberTooSlow, UserError
-from gateway.records import StatusChange
+from gateway.paging import TransferFilter
+from gateway.records import StatusChange, TransferRecord
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +62,19 @@ _DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class Subscriber:
-    """One subscription's mailbox: a bounded queue of changes to one transfer."""
+    """One subscription's mailbox: a bounded queue of changes to one transfer, or matching a filter."""
 
-    __slots__ = ("_queue", "dropped", "start_cursor", "transfer_id")
+    __slots__ = ("_queue", "dropped", "start_cursor", "transfer_id", "wanted")
 
-    def __init__(self, transfer_id: str, queue_size: int, start_cursor: int) -> None:
+    def __init__(
+        self,
+        transfer_id: str | None,
+        queue_size: int,
+        start_cursor: int,
+        wanted: TransferFilter | None = None,
+    ) -> None:
         self.transfer_id = transfer_id
+        self.wanted = wanted
         #: The feed's cursor when this subscriber registered: every later change reaches the queue.
         self.start_cursor = start_cursor
         self.dropped = False
@@ -96,6 +109,10 @@ class ChangeFeed:
         self._pool = pool
         self._queue_size = queue_size
         self._subscribers: dict[str, set[Subscriber]] = {}
+        #: Filter subscribers with addresses, under each lowercase address they name.
+        self._by_address: dict[str, set[Subscriber]] = {}
+        #: Filter subscribers without addresses: every change is checked against them.
+        self._wide: set[Subscriber] = set()
         self._cursor = 0
         self._announced = 0
         self._wake = asyncio.Event()
@@ -140,12 +157,29 @@ class ChangeFeed:
             self._forget(subscriber)
             metrics.SUBSCRIPTIONS.dec()
 
+    @contextlib.contextmanager
+    def subscribe_matching(self, wanted: TransferFilter) -> Iterator[Subscriber]:
+        """Receive every change matching ``wanted`` read after this call, until the block exits."""
+        subscriber = Subscriber(None, self._queue_size, self._cursor, wanted)
+        for key in _address_keys(wanted):
+            self._by_address.setdefault(key, set()).add(subscriber)
+        if not _address_keys(wanted):
+            self._wide.add(subscriber)
+        metrics.SUBSCRIPTIONS.inc()
+        try:
+            yield subscriber
+        finally:
+            self._forget(subscriber)
+            metrics.SUBSCRIPTIONS.dec()
+
     def _forget(self, subscriber: Subscriber) -> None:
-        peers = self._subscribers.get(subscriber.transfer_id)
-        if peers is not None:
-            peers.discard(subscriber)
-            if not peers:
-                del self._subscribers[subscriber.transfer_id]
+        if subscriber.transfer_id is not None:
+            _discard(self._subscribers, subscriber.transfer_id, subscriber)
+            return
+        assert subscriber.wanted is not None
+        for key in _address_keys(subscriber.wanted):
+            _discard(self._by_address, key, subscriber)
+        self._wide.discard(subscriber)
 
     def _heard(self, payload: str) -> None:
         try:
@@ -198,17 +232,64 @@ class ChangeFeed:
             await asyncio.sleep(LAG_RETRY_DELAY)
             waited += LAG_RETRY_DELAY
 
-    def _fan_out(self, changes: list[StatusChange], highest: int) -> None:
+    def _fan_out(self, changes: list[tuple[StatusChange, TransferRecord | None]], highest: int) -> None:
         """Offer ``changes`` to their subscribers and move the cursor to ``highest``, in one step."""
-        for change in changes:
-            for subscriber in tuple(self._subscribers.get(change.transfer_id, ())):
+        now = time.time()
+        for change, record in changes:
+            for subscriber in self._receivers(change, record):
                 if not subscriber.offer(change):
                     self._forget(subscriber)
                     metrics.FANOUT_DROPPED.inc()
+            metrics.FANOUT_LAG.observe(max(0.0, now - change.at.timestamp()))
         if highest > self._cursor:
             metrics.CHANGES_READ.inc(len(changes))
             self._cursor = highest
             metrics.CHANGE_FEED_CURSOR.set(highest)
+
+    def _receivers(self, change: StatusChange, record: TransferRecord | None) -> list[Subscriber]:
+        receivers = list(self._subscribers.get(change.transfer_id, ()))
+        if record is not None and (self._by_address or self._wide):
+            candidates = set(self._wide)
+            for address in (record.sender.lower(), record.recipient.lower()):
+                candidates.update(self._by_address.get(address, ()))
+            receivers.extend(
+                subscriber
+                for subscriber in candidates
+                if subscriber.wanted is not None and matches(subscriber.wanted, change, record)
+            )
+        return receivers
+
+
+def matches(wanted: TransferFilter, change: StatusChange, record: TransferRecord) -> bool:
+    """True when ``change`` (to ``record``) passes ``wanted``; status is the status moved to."""
+    sender, recipient = record.sender.lower(), record.recipient.lower()
+    checks = (
+        wanted.addresses is None or sender in wanted.addresses or recipient in wanted.addresses,
+        wanted.senders is None or sender in wanted.senders,
+        wanted.recipients is None or recipient in wanted.recipients,
+        wanted.statuses is None or change.to_status in wanted.statuses,
+        wanted.source_chain_id is None or record.source_chain_id == wanted.source_chain_id,
+        wanted.target_chain_id is None or record.target_chain_id == wanted.target_chain_id,
+        wanted.route_id is None or record.route_id == wanted.route_id,
+        wanted.token is None or record.token == wanted.token,
+        wanted.amount_min is None or record.amount >= wanted.amount_min,
+        wanted.amount_max is None or record.amount <= wanted.amount_max,
+        wanted.locked_after is None or record.lock_block_time >= wanted.locked_after,
+        wanted.locked_before is None or record.lock_block_time < wanted.locked_before,
+    )
+    return all(checks)
+
+
+def _address_keys(wanted: TransferFilter) -> tuple[str, ...]:
+    return tuple({a.lower() for a in wanted.addresses}) if wanted.addresses else ()
+
+
+def _discard(index: dict[str, set[Subscriber]], key: str, subscriber: Subscriber) -> None:
+    peers = index.get(key)
+    if peers is not None:
+        peers.discard(subscriber)
+        if not peers:
+            del index[key]
 
 
 async def follow_transfer(
@@ -217,19 +298,49 @@ async def follow_transfer(
     """Every change to ``transfer_id`` with id > ``after``: the stored ones, then live ones."""
     with feed.subscribe(transfer_id) as subscriber:
         last_sent = after
-        async for change in _replay(pool, transfer_id, after, subscriber.start_cursor):
-            yield change
-            last_sent = change.id
-        while True:
-            live = await subscriber.next()
-            if live is None:
-                raise SubscriberTooSlow(
-                    f"this subscription fell more than {subscriber.queue_size} changes behind and was "
-                    f'closed; subscribe again with after: "{last_sent}" to resume without missing a change'
+        # NOTE: a client resuming from the feed's position has nothing stored to catch up
+        # on: skip the queries (a reconnect storm of thousands of wallets costs no reads).
+        if after < subscriber.start_cursor:
+            async for change in _replay(pool, transfer_id, after, subscriber.start_cursor):
+                yield change
+                last_sent = change.id
+        async for live in _live(subscriber, last_sent):
+            yield live
+
+
+async def follow_changes(
+    feed: ChangeFeed, pool: asyncpg.Pool, wanted: TransferFilter, after: int | None
+) -> AsyncIterator[StatusChange]:
+    """Every change matching ``wanted`` with id > ``after`` (stored, then live); only live if None."""
+    with feed.subscribe_matching(wanted) as subscriber:
+        last_sent = subscriber.start_cursor if after is None else after
+        if after is not None and after < subscriber.start_cursor:
+            await _wait_until_visible(pool, subscriber.start_cursor)
+            while True:
+                page = await reads.matching_history_after(
+                    pool, wanted, last_sent, subscriber.start_cursor, REPLAY_PAGE
                 )
-            if live.id > last_sent:
-                yield live
-                last_sent = live.id
+                for change in page:
+                    yield change
+                    last_sent = change.id
+                if len(page) < REPLAY_PAGE:
+                    break
+        async for live in _live(subscriber, last_sent):
+            yield live
+
+
+async def _live(subscriber: Subscriber, last_sent: int) -> AsyncIterator[StatusChange]:
+    """The subscriber's live changes newer than ``last_sent``; SubscriberTooSlow once it is dropped."""
+    while True:
+        live = await subscriber.next()
+        if live is None:
+            raise SubscriberTooSlow(
+                f"this subscription fell more than {subscriber.queue_size} changes behind and was "
+                f'closed; subscribe again with after: "{last_sent}" to resume without missing a change'
+            )
+        if live.id > last_sent:
+            yield live
+            last_sent = live.id
 
 
 async def _replay(

@@ -45,3 +45,12 @@ class MaskUnexpectedErrors(MaskErrors):
         super().__init__(
             should_mask_error=lambda error: not is_user_facing(error), error_message=MASKED_MESSAGE
         )
+
+
+def checked_text(value: str, argument: str, max_length: int = 200) -> str:
+    """``value`` when it is text PostgreSQL can hold and not too long; UserError otherwise."""
+    if "\x00" in value:
+        raise UserError(f"{argument} must not contain NUL characters")
+    if len(value) > max_length:
+        raise UserError(f"{argument} is too long: at most {max_length} characters")
+    return value

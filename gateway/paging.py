@@ -1,12 +1,12 @@
-"""Arguments of list fields: page sizes, opaque cursors and filters, checked and normalised.
+"""Arguments of list fields: page sizes, opaque cursors, orders and filters, checked and normalised.
 
-``transfers`` is ordered newest lock first by the key
-(lock block time, source chain id, source bridge, nonce), all descending. The
-last three are the lock's unique key, so the order is total and stable, and a
-cursor is simply that key, serialised and base64url-encoded (``TransferPosition``).
-Keyset paging from a position never skips or repeats a transfer, even while new
-transfers arrive. Cursors are opaque to clients: only values the API returned
-are accepted.
+``transfers`` is ordered by one sort column (lock time, amount or last update,
+either direction) and then by the transfer id, which is unique: the order is
+total and stable, and a cursor is that pair (plus the order it belongs to),
+serialised and base64url-encoded (``TransferPosition``). Keyset paging from a
+position never skips or repeats a transfer that keeps its sort value, even while
+new transfers arrive. Cursors are opaque to clients: only values the API
+returned are accepted, and only with the order they were made for.
 
 Every check raises ``UserError`` with a sentence telling the caller what to send.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import json
 import re
 from dataclasses import dataclass
@@ -23,86 +24,134 @@ from decimal import Decimal, InvalidOperation
 
 from eth_utils.address import is_checksum_address, to_checksum_address
 
+from ferry.domain import TransferStatus
 from gateway.errors import UserError
 from gateway.records import TransferRecord
 
-_CURSOR_VERSION = "t1"
+_CURSOR_VERSION = "t2"
 _MAX_CURSOR_LENGTH = 512
 _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
-_ADDRESS_FORMAT = "address must be a 0x-prefixed 20-byte hex address, checksummed (EIP-55) or lowercase"
+_UINT = re.compile(r"[0-9]{1,78}")
+_ADDRESS_FORMAT = "must be a 0x-prefixed 20-byte hex address, checksummed (EIP-55) or lowercase"
+
+
+class SortField(enum.Enum):
+    """The column a transfers list is sorted by (then by id)."""
+
+    LOCKED_AT = "lock_block_time"
+    AMOUNT = "amount"
+    UPDATED_AT = "updated_at"
+
+
+@dataclass(frozen=True, slots=True)
+class TransferOrder:
+    field: SortField = SortField.LOCKED_AT
+    descending: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class TransferPosition:
-    """Where a transfer sits in the newest-first order; the content of a cursor."""
+    """Where a transfer sits in one order: its sort value and id; the content of a cursor."""
 
-    locked_at: datetime
-    source_chain_id: int
-    source_bridge: str
-    nonce: Decimal
+    order: TransferOrder
+    value: datetime | Decimal
+    transfer_id: str
 
     @classmethod
-    def of(cls, record: TransferRecord) -> TransferPosition:
-        return cls(record.lock_block_time, record.source_chain_id, record.source_bridge, record.nonce)
+    def of(cls, record: TransferRecord, order: TransferOrder) -> TransferPosition:
+        value: datetime | Decimal = getattr(record, _RECORD_ATTRIBUTE[order.field])
+        return cls(order, value, record.id)
+
+
+_RECORD_ATTRIBUTE = {
+    SortField.LOCKED_AT: "lock_block_time",
+    SortField.AMOUNT: "amount",
+    SortField.UPDATED_AT: "updated_at",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class TransferFilter:
-    """Which transfers a list shows. ``addresses`` are the spellings of one address."""
+    """Which transfers a list shows. Address fields hold every stored spelling of one address."""
 
+    senders: tuple[str, ...] | None = None
+    recipients: tuple[str, ...] | None = None
     addresses: tuple[str, ...] | None = None
+    statuses: tuple[TransferStatus, ...] | None = None
+    source_chain_id: int | None = None
+    target_chain_id: int | None = None
+    route_id: str | None = None
+    token: str | None = None
+    amount_min: Decimal | None = None
+    amount_max: Decimal | None = None
+    locked_after: datetime | None = None
+    locked_before: datetime | None = None
 
 
 def encode_cursor(position: TransferPosition) -> str:
-    fields = [
-        _CURSOR_VERSION,
-        position.locked_at.isoformat(),
-        position.source_chain_id,
-        position.source_bridge,
-        str(position.nonce),
-    ]
+    value = position.value.isoformat() if isinstance(position.value, datetime) else str(position.value)
+    order = position.order
+    fields = [_CURSOR_VERSION, order.field.name, order.descending, value, position.transfer_id]
     text = json.dumps(fields, separators=(",", ":"))
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, argument: str = "after") -> TransferPosition:
-    """The position in ``cursor``; UserError when it is not a cursor this API returned."""
+def decode_cursor(cursor: str, order: TransferOrder, argument: str = "after") -> TransferPosition:
+    """The position in ``cursor``; UserError when it is not a cursor this API returned for ``order``."""
+    unusable = f"{argument} is not a transfers cursor: pass an edge's cursor or a pageInfo cursor unchanged"
     if len(cursor) > _MAX_CURSOR_LENGTH:
-        raise UserError(f"{argument} is not a transfers cursor: pass an edge's cursor unchanged")
+        raise UserError(unusable)
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        fields = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        version, locked_at, chain_id, bridge, nonce = fields
-        if version != _CURSOR_VERSION or not isinstance(chain_id, int) or not isinstance(bridge, str):
+        version, field, descending, value, transfer_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if version != _CURSOR_VERSION or not isinstance(transfer_id, str) or not isinstance(value, str):
             raise ValueError(version)
-        position = TransferPosition(datetime.fromisoformat(locked_at), chain_id, bridge, Decimal(nonce))
-    except (ValueError, TypeError, binascii.Error, InvalidOperation, UnicodeDecodeError):
+        made_for = TransferOrder(SortField[field], bool(descending))
+        parsed: datetime | Decimal = (
+            Decimal(value) if made_for.field is SortField.AMOUNT else datetime.fromisoformat(value)
+        )
+    except (ValueError, TypeError, KeyError, binascii.Error, InvalidOperation, UnicodeDecodeError):
+        raise UserError(unusable) from None
+    if isinstance(parsed, datetime) and parsed.tzinfo is None:
+        raise UserError(unusable)
+    if made_for != order:
         raise UserError(
-            f"{argument} is not a transfers cursor: pass an edge's cursor or pageInfo.endCursor unchanged"
-        ) from None
-    if position.locked_at.tzinfo is None:
-        raise UserError(f"{argument} is not a transfers cursor: pass an edge's cursor unchanged")
-    return position
+            f"{argument} is a cursor of a list in another order: pass the same orderBy as that list"
+        )
+    return TransferPosition(order, parsed, transfer_id)
 
 
-def check_page_size(first: int, max_page_size: int) -> int:
-    """``first`` itself when 1 <= first <= max_page_size; UserError otherwise."""
-    if first < 1 or first > max_page_size:
-        raise UserError(f"first must be between 1 and {max_page_size} (got {first}); page with after instead")
-    return first
+def check_page_size(size: int, max_page_size: int, argument: str = "first") -> int:
+    """``size`` itself when 1 <= size <= max_page_size; UserError otherwise."""
+    if size < 1 or size > max_page_size:
+        raise UserError(
+            f"{argument} must be between 1 and {max_page_size} (got {size}); page with cursors instead"
+        )
+    return size
 
 
-def address_spellings(address: str) -> tuple[str, ...]:
+def address_spellings(address: str, argument: str = "address") -> tuple[str, ...]:
     """The checksummed and lowercase spellings of a valid ``address``; UserError otherwise.
 
     Accepts an EIP-55 checksummed or single-case 0x address. Both spellings are
     matched, so the lookup does not depend on how a writer stored addresses.
     """
     if not _HEX_ADDRESS.fullmatch(address):
-        raise UserError(_ADDRESS_FORMAT)
-    if address != address.lower() and not is_checksum_address(address):
+        raise UserError(f"{argument} {_ADDRESS_FORMAT}")
+    body = address[2:]
+    if body != body.lower() and body != body.upper() and not is_checksum_address(address):
         raise UserError(
-            f"{_ADDRESS_FORMAT} (its checksum does not match: check the address, or send it lowercase)"
+            f"{argument} {_ADDRESS_FORMAT} "
+            "(its checksum does not match: check the address, or send it lowercase)"
         )
     checksummed = to_checksum_address(address)
     return (checksummed, checksummed.lower())
+
+
+def uint_amount(value: str, argument: str) -> Decimal:
+    """A uint256 decimal string as an exact Decimal; UserError otherwise."""
+    if not _UINT.fullmatch(value) or int(value) >= 2**256:
+        raise UserError(
+            f"{argument} must be a whole number of the token's smallest unit, as a decimal string"
+        )
+    return Decimal(value)

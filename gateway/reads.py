@@ -1,7 +1,8 @@
-"""Every SQL query the gateway runs, all reads, all parameterised.
+"""Every SQL query the gateway runs about transfers and their changes, all parameterised.
 
 Resolvers and the change feed call these functions; none of them builds SQL
-from client text (filters become ``$n`` parameters through ``_Query``).
+from client text: filters become ``$n`` parameters through ``_Query``, and the
+only identifiers put into SQL come from the ``SortField`` enum.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from gateway.paging import TransferFilter, TransferPosition
+from gateway.paging import TransferFilter, TransferOrder, TransferPosition
 from gateway.records import HISTORY_COLUMNS, TRANSFER_COLUMNS, StatusChange, TransferRecord
 
 log = logging.getLogger(__name__)
 
 _TRANSFER_SELECT = f"SELECT {', '.join(TRANSFER_COLUMNS)} FROM transfers"  # noqa: S608 (constant column list)
-_NEWEST_FIRST = "lock_block_time DESC, source_chain_id DESC, source_bridge DESC, nonce DESC"
-_POSITION = "(lock_block_time, source_chain_id, source_bridge, nonce)"
+_HISTORY_SELECT = (
+    f"SELECT {', '.join('h.' + c for c in HISTORY_COLUMNS.split(', '))}"  # noqa: S608 (constant columns)
+    " FROM transfer_status_history h"
+)
 
 
 class _Query:
@@ -34,8 +37,47 @@ class _Query:
         self.args.append(value)
         return f"${len(self.args)}"
 
+    def add(self, template: str, value: Any) -> None:
+        """Add a condition; ``{}`` in ``template`` becomes the parameter holding ``value``."""
+        self.conditions.append(template.format(self.arg(value)))
+
     def where(self) -> str:
         return f" WHERE {' AND '.join(self.conditions)}" if self.conditions else ""
+
+
+def filter_conditions(
+    query: _Query, wanted: TransferFilter, table: str = "", status_column: str | None = None
+) -> None:
+    """Add ``wanted`` to ``query`` as conditions on the transfers table (aliased ``table``).
+
+    ``status_column`` replaces the transfer's status (change replays match the status a
+    change moved to, as the live feed does).
+    """
+    t = f"{table}." if table else ""
+    status = status_column or f"{t}status"
+    if wanted.addresses is not None:
+        query.add(
+            f"({t}sender = ANY({{0}}::text[]) OR {t}recipient = ANY({{0}}::text[]))", list(wanted.addresses)
+        )
+    optional: list[tuple[str, Any]] = [
+        (f"{t}sender = ANY({{}}::text[])", None if wanted.senders is None else list(wanted.senders)),
+        (f"{t}recipient = ANY({{}}::text[])", None if wanted.recipients is None else list(wanted.recipients)),
+        (
+            f"{status} = ANY({{}}::text[])",
+            None if wanted.statuses is None else [str(s) for s in wanted.statuses],
+        ),
+        (f"{t}source_chain_id = {{}}", wanted.source_chain_id),
+        (f"{t}target_chain_id = {{}}", wanted.target_chain_id),
+        (f"{t}route_id = {{}}", wanted.route_id),
+        (f"{t}token = {{}}", wanted.token),
+        (f"{t}amount >= {{}}", wanted.amount_min),
+        (f"{t}amount <= {{}}", wanted.amount_max),
+        (f"{t}lock_block_time >= {{}}", wanted.locked_after),
+        (f"{t}lock_block_time < {{}}", wanted.locked_before),
+    ]
+    for template, value in optional:
+        if value is not None:
+            query.add(template, value)
 
 
 async def transfers_by_id(pool: asyncpg.Pool, ids: Sequence[str]) -> dict[str, TransferRecord]:
@@ -43,36 +85,59 @@ async def transfers_by_id(pool: asyncpg.Pool, ids: Sequence[str]) -> dict[str, T
     return {row["id"]: TransferRecord.from_row(row) for row in rows}
 
 
+async def transfers_by_source_tx(pool: asyncpg.Pool, chain_id: int, tx_hash: str) -> list[TransferRecord]:
+    """Every transfer locked by one transaction, in log order."""
+    rows = await pool.fetch(
+        f"{_TRANSFER_SELECT} WHERE source_chain_id = $1 AND lock_tx_hash = ANY($2::text[])"
+        " ORDER BY lock_log_index",
+        chain_id,
+        [tx_hash.lower(), tx_hash],
+    )
+    return [TransferRecord.from_row(row) for row in rows]
+
+
 async def transfer_page(
-    pool: asyncpg.Pool, transfer_filter: TransferFilter, after: TransferPosition | None, limit: int
+    pool: asyncpg.Pool,
+    wanted: TransferFilter,
+    order: TransferOrder,
+    start: TransferPosition | None,
+    limit: int,
+    *,
+    backwards: bool = False,
 ) -> list[TransferRecord]:
-    """Up to ``limit`` transfers matching the filter, newest lock first, strictly after ``after``."""
+    """Up to ``limit`` transfers matching ``wanted`` strictly beyond ``start`` in ``order``.
+
+    ``backwards`` walks the order in reverse from ``start`` (for ``last``/``before``);
+    rows still come back in that reversed order, and the caller flips them.
+    """
     query = _Query()
-    if transfer_filter.addresses is not None:
-        spellings = query.arg(list(transfer_filter.addresses))
+    filter_conditions(query, wanted)
+    column = order.field.value
+    descending = order.descending != backwards
+    if start is not None:
+        comparison = "<" if descending else ">"
         query.conditions.append(
-            f"(sender = ANY({spellings}::text[]) OR recipient = ANY({spellings}::text[]))"
+            f"({column}, id) {comparison} ({query.arg(start.value)}, {query.arg(start.transfer_id)})"
         )
-    if after is not None:
-        key = ", ".join(
-            (
-                query.arg(after.locked_at),
-                query.arg(after.source_chain_id),
-                query.arg(after.source_bridge),
-                query.arg(after.nonce),
-            )
-        )
-        query.conditions.append(f"{_POSITION} < ({key})")
-    sql = f"{_TRANSFER_SELECT}{query.where()} ORDER BY {_NEWEST_FIRST} LIMIT {query.arg(limit)}"
+    direction = "DESC" if descending else "ASC"
+    sql = (
+        f"{_TRANSFER_SELECT}{query.where()} ORDER BY {column} {direction}, id {direction}"
+        f" LIMIT {query.arg(limit)}"
+    )
     return [TransferRecord.from_row(row) for row in await pool.fetch(sql, *query.args)]
+
+
+async def count_transfers(pool: asyncpg.Pool, wanted: TransferFilter) -> int:
+    query = _Query()
+    filter_conditions(query, wanted)
+    count: int = await pool.fetchval(f"SELECT count(*) FROM transfers{query.where()}", *query.args)  # noqa: S608 (parameterised)
+    return count
 
 
 async def histories(pool: asyncpg.Pool, transfer_ids: Sequence[str]) -> dict[str, list[StatusChange]]:
     """The full status timeline of each transfer, oldest change first."""
     rows = await pool.fetch(
-        f"SELECT {HISTORY_COLUMNS} FROM transfer_status_history"  # noqa: S608 (constant column list)
-        " WHERE transfer_id = ANY($1::text[]) ORDER BY id",
-        list(set(transfer_ids)),
+        f"{_HISTORY_SELECT} WHERE h.transfer_id = ANY($1::text[]) ORDER BY h.id", list(set(transfer_ids))
     )
     timelines: dict[str, list[StatusChange]] = defaultdict(list)
     for row in rows:
@@ -83,8 +148,7 @@ async def histories(pool: asyncpg.Pool, transfer_ids: Sequence[str]) -> dict[str
 async def history_after(pool: asyncpg.Pool, transfer_id: str, after: int, limit: int) -> list[StatusChange]:
     """One transfer's changes with id > ``after``, oldest first (subscription replay)."""
     rows = await pool.fetch(
-        f"SELECT {HISTORY_COLUMNS} FROM transfer_status_history"  # noqa: S608 (constant column list)
-        " WHERE transfer_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        f"{_HISTORY_SELECT} WHERE h.transfer_id = $1 AND h.id > $2 ORDER BY h.id LIMIT $3",
         transfer_id,
         after,
         limit,
@@ -92,30 +156,46 @@ async def history_after(pool: asyncpg.Pool, transfer_id: str, after: int, limit:
     return [StatusChange.from_row(row) for row in rows]
 
 
+async def matching_history_after(
+    pool: asyncpg.Pool, wanted: TransferFilter, after: int, until: int, limit: int
+) -> list[StatusChange]:
+    """Changes ``after < id <= until`` to transfers matching ``wanted``, oldest first (replay)."""
+    query = _Query()
+    query.add("h.id > {}", after)
+    query.add("h.id <= {}", until)
+    filter_conditions(query, wanted, "t", status_column="h.to_status")
+    sql = (
+        f"{_HISTORY_SELECT} JOIN transfers t ON t.id = h.transfer_id{query.where()}"
+        f" ORDER BY h.id LIMIT {query.arg(limit)}"
+    )
+    return [StatusChange.from_row(row) for row in await pool.fetch(sql, *query.args)]
+
+
 class HistoryBatch(NamedTuple):
     """Changes read in commit order; ``last_id`` is the highest id read, ``full`` if more may follow."""
 
-    changes: list[StatusChange]
+    changes: list[tuple[StatusChange, TransferRecord | None]]
     last_id: int
     full: bool
 
 
 async def changes_after(pool: asyncpg.Pool, after: int, limit: int) -> HistoryBatch:
-    """Every transfer's changes with id > ``after`` (up to ``limit`` rows), in commit order.
+    """Every transfer's changes with id > ``after`` (up to ``limit`` rows), in commit order,
+    each with its transfer as it is now (for address and filter subscriptions).
 
     A row the gateway cannot read (a status it does not know) is logged and
     skipped rather than stalling every subscriber behind it.
     """
     rows = await pool.fetch(
-        f"SELECT {HISTORY_COLUMNS} FROM transfer_status_history"  # noqa: S608 (constant column list)
-        " WHERE id > $1 ORDER BY id LIMIT $2",
+        f"{_HISTORY_SELECT} WHERE h.id > $1 ORDER BY h.id LIMIT $2",
         after,
         limit,
     )
-    changes: list[StatusChange] = []
+    records = await transfers_by_id(pool, [row["transfer_id"] for row in rows]) if rows else {}
+    changes: list[tuple[StatusChange, TransferRecord | None]] = []
     for row in rows:
         try:
-            changes.append(StatusChange.from_row(row))
+            changes.append((StatusChange.from_row(row), records.get(row["transfer_id"])))
         except ValueError:
             log.error("skipping unreadable status history row", extra={"history_id": row["id"]})
     return HistoryBatch(changes, rows[-1]["id"] if rows else after, len(rows) == limit)

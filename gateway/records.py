@@ -38,6 +38,7 @@ class TransferRecord:
     release_block_number: int | None
     release_block_time: datetime | None
     attempts: int
+    last_error: str | None
     updated_at: datetime
 
     @classmethod

@@ -1,4 +1,4 @@
-"""What each root field does: check the arguments, read, shape the answer.
+"""What each transfer root field does: check the arguments, read, shape the answer.
 
 Argument problems raise ``UserError`` with a sentence the caller can act on.
 """
@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncGenerator
+from dataclasses import replace
+from typing import Annotated
 
 import strawberry
 
 from ferry.domain import parse_transfer_id, transfer_id
 from gateway import reads
-from gateway.changes import follow_transfer
+from gateway.changes import follow_changes, follow_transfer
 from gateway.context import Gateway
 from gateway.errors import UserError
+from gateway.inputs import TransferFilterInput, TransferOrderInput
 from gateway.paging import (
     TransferFilter,
     TransferPosition,
@@ -23,11 +26,14 @@ from gateway.paging import (
     decode_cursor,
     encode_cursor,
 )
+from gateway.records import StatusChange, TransferRecord
+from gateway.scalars import BigInt
 from gateway.types import Info, PageInfo, Transfer, TransferChange, TransferConnection, TransferEdge
 
 _HISTORY_ID = re.compile(r"[0-9]{1,18}")
+_TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 
-#: Page size of ``transfers`` when the caller does not say (or passes null).
+#: Page size of ``transfers`` when the caller gives neither first nor last.
 DEFAULT_PAGE_SIZE = 20
 
 
@@ -50,30 +56,69 @@ def change_cursor(value: str | None) -> int:
     return int(value)
 
 
+def shown(gateway: Gateway, record: TransferRecord) -> Transfer:
+    return Transfer.of(record, gateway.decimals(record.source_chain_id, record.token))
+
+
 async def transfer(info: Info, id: strawberry.ID) -> Transfer | None:
     record = await info.context.loaders.transfers.load(canonical_transfer_id(id))
-    return None if record is None else Transfer.of(record)
+    return None if record is None else shown(info.context.gateway, record)
+
+
+async def transfer_by_source_tx(info: Info, chain_id: BigInt, tx_hash: str) -> list[Transfer]:
+    if not _TX_HASH.fullmatch(tx_hash):
+        raise UserError("txHash must be a 0x-prefixed 32-byte hex transaction hash")
+    gateway = info.context.gateway
+    records = await reads.transfers_by_source_tx(gateway.pool, int(chain_id), tx_hash)
+    return [shown(gateway, record) for record in records]
 
 
 async def transfers(
-    info: Info, first: int | None = DEFAULT_PAGE_SIZE, after: str | None = None, address: str | None = None
+    info: Info,
+    filter: TransferFilterInput | None = None,
+    order_by: TransferOrderInput | None = None,
+    first: int | None = None,
+    after: str | None = None,
+    last: int | None = None,
+    before: str | None = None,
+    address: Annotated[
+        str | None,
+        strawberry.argument(deprecation_reason="Use filter: {address: ...}, which this is the same as."),
+    ] = None,
 ) -> TransferConnection:
     gateway = info.context.gateway
-    size = check_page_size(DEFAULT_PAGE_SIZE if first is None else first, gateway.settings.max_page_size)
-    position = None if after is None else decode_cursor(after)
-    transfer_filter = TransferFilter(addresses=None if address is None else address_spellings(address))
-    records = await reads.transfer_page(gateway.pool, transfer_filter, position, size + 1)
+    limit = gateway.settings.max_page_size
+    if last is not None and (first is not None or after is not None):
+        raise UserError("pass first/after to page forward or last/before to page backward, not both")
+    if first is not None and before is not None:
+        raise UserError("before pages backward: pass it with last, not first")
+    backwards = last is not None or before is not None
+    if last is not None:
+        size = check_page_size(last, limit, "last")
+    else:
+        size = check_page_size(DEFAULT_PAGE_SIZE if first is None else first, limit, "first")
+    order = (order_by or TransferOrderInput()).checked()
+    wanted = (filter or TransferFilterInput()).checked()
+    if address is not None:
+        wanted = replace(wanted, addresses=address_spellings(address))
+    cursor, argument = (before, "before") if backwards else (after, "after")
+    start = None if cursor is None else decode_cursor(cursor, order, argument)
+    records = await reads.transfer_page(gateway.pool, wanted, order, start, size + 1, backwards=backwards)
+    more = len(records) > size
+    page = records[:size][::-1] if backwards else records[:size]
     edges = [
-        TransferEdge(cursor=encode_cursor(TransferPosition.of(record)), node=Transfer.of(record))
-        for record in records[:size]
+        TransferEdge(cursor=encode_cursor(TransferPosition.of(record, order)), node=shown(gateway, record))
+        for record in page
     ]
     page_info = PageInfo(
-        has_next_page=len(records) > size,
-        has_previous_page=after is not None,
+        has_next_page=cursor is not None if backwards else more,
+        has_previous_page=more if backwards else cursor is not None,
         start_cursor=edges[0].cursor if edges else None,
         end_cursor=edges[-1].cursor if edges else None,
     )
-    return TransferConnection(edges=edges, page_info=page_info)
+    return TransferConnection(
+        edges=edges, page_info=page_info, count=lambda: reads.count_transfers(gateway.pool, wanted)
+    )
 
 
 def transfer_updated(
@@ -82,9 +127,32 @@ def transfer_updated(
     """Check the arguments now (so a bad one fails the subscription at once), then stream."""
     wanted = canonical_transfer_id(id)
     since = change_cursor(after)
+    return _stream_one(info.context.gateway, wanted, since)
+
+
+def transfers_for_address(
+    info: Info, address: str, after: str | None = None
+) -> AsyncGenerator[TransferChange, None]:
+    wanted = TransferFilter(addresses=address_spellings(address))
+    return _stream(info.context.gateway, wanted, change_cursor(after) if after is not None else 0)
+
+
+def transfer_changes(
+    info: Info, filter: TransferFilterInput | None = None, after: str | None = None
+) -> AsyncGenerator[TransferChange, None]:
+    wanted = (filter or TransferFilterInput()).checked()
+    since = None if after is None else change_cursor(after)
     return _stream(info.context.gateway, wanted, since)
 
 
-async def _stream(gateway: Gateway, wanted: str, since: int) -> AsyncGenerator[TransferChange, None]:
+async def _stream_one(gateway: Gateway, wanted: str, since: int) -> AsyncGenerator[TransferChange, None]:
     async for change in follow_transfer(gateway.feed, gateway.pool, wanted, since):
+        yield TransferChange.of(change)
+
+
+async def _stream(
+    gateway: Gateway, wanted: TransferFilter, since: int | None
+) -> AsyncGenerator[TransferChange, None]:
+    change: StatusChange
+    async for change in follow_changes(gateway.feed, gateway.pool, wanted, since):
         yield TransferChange.of(change)

@@ -14,17 +14,24 @@ from collections.abc import AsyncGenerator, Iterator
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import SchemaExtension
+from strawberry.extensions import ParserCache, SchemaExtension, ValidationCache
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from ferry import metrics
-from gateway import resolvers
+from gateway import admin, catalog, resolvers
+from gateway.admin import Mutation, OperatorRequest
+from gateway.catalog import Chain, Route, Stats, Token
 from gateway.errors import MaskUnexpectedErrors, is_user_facing
+from gateway.execution import SharedEventExecution
+from gateway.limits import QueryLimits
 from gateway.scalars import SCALARS
 from gateway.types import Transfer, TransferChange, TransferConnection
 
 log = logging.getLogger(__name__)
+
+#: Distinct documents whose parse and validation results are kept.
+DOCUMENT_CACHE_SIZE = 1_024
 
 
 @strawberry.type
@@ -33,14 +40,43 @@ class Query:
         resolver=resolvers.transfer,
         description="One transfer by id; null when no such transfer is known (yet).",
     )
+    transfer_by_source_tx: list[Transfer] = strawberry.field(
+        resolver=resolvers.transfer_by_source_tx,
+        description="The transfers locked by one source-chain transaction (one tx may hold several locks).",
+    )
     transfers: TransferConnection = strawberry.field(
         resolver=resolvers.transfers,
         description=(
-            "Transfers, newest lock first, a page at a time. first: 1 to the server's maximum page size "
-            "(100 unless configured; null means 20). after: the endCursor of the previous page. "
-            "address: checksummed or lowercase; keeps the transfers it sent or receives."
+            "Transfers matching filter, in orderBy (newest lock first unless given), a page at a time "
+            "(Relay connection). first/after page forward, last/before backward; a page holds 1 to the "
+            "server's maximum page size (100 unless configured; 20 when neither first nor last is given)."
         ),
     )
+    chains: list[Chain] = strawberry.field(
+        resolver=catalog.chains, description="Every chain the bridge follows, with the indexer's progress."
+    )
+    routes: list[Route] = strawberry.field(
+        resolver=catalog.all_routes, description="Every route, with its limits and whether it is paused."
+    )
+    tokens: list[Token] = strawberry.field(
+        resolver=catalog.tokens, description="Every token, where its bridges are, and its routes."
+    )
+    audit_log: list[OperatorRequest] = strawberry.field(
+        resolver=admin.audit_log,
+        description="Admin actions, newest first (needs an operator or admin credential).",
+    )
+    stats: Stats = strawberry.field(
+        resolver=catalog.stats,
+        description="Transfers locked in the window (one route if given): count, volume, success, latency.",
+    )
+
+
+_FOLLOW = (
+    "Every change in commit order, each with a cursor; pass the last cursor you received as after to "
+    "resume: the stored changes you missed come first, then live ones, none missed or repeated. A reorg "
+    "arrives as its own change (to ORPHANED, or back to PENDING). A subscriber too slow to keep up is "
+    "closed with an error naming the cursor to resume from."
+)
 
 
 @strawberry.type
@@ -48,10 +84,22 @@ class Subscription:
     transfer_updated: AsyncGenerator[TransferChange, None] = strawberry.subscription(
         resolver=resolvers.transfer_updated,
         description=(
-            "A transfer's status changes: first its stored history (after the given change cursor, "
-            "else from the start), then each change as it commits, in order, none missed or repeated. "
-            "The id may be of a transfer not indexed yet. A subscriber too slow to keep up is closed "
-            "with an error naming the cursor to resume from."
+            "One transfer's status changes: its stored history after the cursor (from the start when "
+            "after is null), then live. The id may be of a transfer not indexed yet. " + _FOLLOW
+        ),
+    )
+    transfers_for_address: AsyncGenerator[TransferChange, None] = strawberry.subscription(
+        resolver=resolvers.transfers_for_address,
+        description=(
+            "Changes to every transfer the address sends or receives (from the start when after is null). "
+            + _FOLLOW
+        ),
+    )
+    transfer_changes: AsyncGenerator[TransferChange, None] = strawberry.subscription(
+        resolver=resolvers.transfer_changes,
+        description=(
+            "Changes to every transfer matching filter (status: the status moved to). With after null, "
+            "only changes from now on. " + _FOLLOW
         ),
     )
 
@@ -77,6 +125,14 @@ def _operation_type(context: ExecutionContext) -> str:
         return "invalid"
 
 
+def _parser_cache() -> SchemaExtension:
+    return ParserCache(maxsize=DOCUMENT_CACHE_SIZE)  # NOTE: the LRU itself is module-level, shared
+
+
+def _validation_cache() -> SchemaExtension:
+    return ValidationCache(maxsize=DOCUMENT_CACHE_SIZE)
+
+
 class FerrySchema(strawberry.Schema):
     """Logs unexpected errors with their traceback; user errors are the client's business."""
 
@@ -90,9 +146,19 @@ class FerrySchema(strawberry.Schema):
 
 schema = FerrySchema(
     query=Query,
+    mutation=Mutation,
     subscription=Subscription,
     config=StrawberryConfig(scalar_map=SCALARS),
-    extensions=[MaskUnexpectedErrors, OperationMetrics],
+    execution_context_class=SharedEventExecution,
+    # NOTE: the caches make a repeated document cost one dict lookup instead of a parse
+    # and a validation; QueryLimits then checks it against this server's limits.
+    extensions=[
+        MaskUnexpectedErrors,
+        OperationMetrics,
+        _parser_cache,
+        _validation_cache,
+        QueryLimits,
+    ],
 )
 
 

@@ -56,6 +56,9 @@ def _server(app: ASGIApp, host: str, port: int) -> _Server:
         log_config=None,  # keep ferry.logs' handlers (JSON, secret redaction)
         access_log=False,
         ws="websockets-sansio",
+        # NOTE: subscription messages are a few hundred bytes; per-connection deflate state
+        # (zlib windows) would cost tens of KB per subscriber and CPU on every send.
+        ws_per_message_deflate=False,
     )
     return _Server(config)
 

@@ -75,6 +75,10 @@ class Transfers:
         amount: int = 10**18,
         chain_id: int = 31337,
         block_number: int = 100,
+        target_chain_id: int = 31338,
+        token: str = "FTT",  # noqa: S107 (a token symbol, not a password)
+        tx_hash: str | None = None,
+        log_index: int = 0,
     ) -> str:
         new_id = transfer_id(chain_id, BRIDGE, nonce)
         async with self.conn.transaction():
@@ -83,8 +87,8 @@ class Transfers:
                 INSERT INTO transfers (id, route_id, token, source_chain_id, source_bridge, nonce,
                     target_chain_id, sender, recipient, amount, status, confirmations_required,
                     lock_tx_hash, lock_log_index, lock_block_number, lock_block_hash, lock_block_time)
-                VALUES ($1, 'FTT:31337-31338', 'FTT', $2, $3, $4, 31338, $5, $6, $7, 'PENDING', 2,
-                    $8, 0, $9, $10, $11)
+                VALUES ($1, $12, $13, $2, $3, $4, $14, $5, $6, $7, 'PENDING', 2,
+                    $8, $15, $9, $10, $11)
                 """,
                 new_id,
                 chain_id,
@@ -93,10 +97,14 @@ class Transfers:
                 sender,
                 recipient,
                 amount,
-                "0x" + f"{nonce:064x}",
+                tx_hash or "0x" + f"{nonce:064x}",
                 block_number,
                 "0x" + f"{block_number:064x}",
                 locked_at,
+                f"{token}:{chain_id}-{target_chain_id}",
+                token,
+                target_chain_id,
+                log_index,
             )
             await record_new(self.conn, [(new_id, S.PENDING)])
         return new_id
@@ -266,13 +274,13 @@ async def test_page_size_outside_the_limit_is_a_clear_error(
     client: httpx.AsyncClient, transfers: Transfers, first: int
 ) -> None:
     body = await graphql(client, "query($n: Int) { transfers(first: $n) { edges { cursor } } }", n=first)
-    assert messages(body) == [f"first must be between 1 and 50 (got {first}); page with after instead"]
+    assert messages(body) == [f"first must be between 1 and 50 (got {first}); page with cursors instead"]
 
 
 async def test_forged_cursor_is_a_clear_error(client: httpx.AsyncClient, transfers: Transfers) -> None:
     body = await graphql(client, '{ transfers(after: "bm90IGEgY3Vyc29y") { edges { cursor } } }')
     assert messages(body) == [
-        "after is not a transfers cursor: pass an edge's cursor or pageInfo.endCursor unchanged"
+        "after is not a transfers cursor: pass an edge's cursor or a pageInfo cursor unchanged"
     ]
 
 
@@ -295,12 +303,21 @@ async def test_unexpected_errors_are_masked(client: httpx.AsyncClient, transfers
     assert "BOGUS" not in json.dumps(body)
 
 
-async def test_health_and_ready_answer(client: httpx.AsyncClient) -> None:
-    health = await client.get("/health")
+@pytest.mark.parametrize("redis_up", [True, False], ids=["redis up", "redis down"])
+async def test_health_and_ready_answer(clean_db: str, redis_url: str, redis_up: bool) -> None:
+    redis = redis_url if redis_up else f"redis://127.0.0.1:{free_port()}/0"
+    app = create_app(settings_for(clean_db, redis_url=redis))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            health = await client.get("/health")
+            ready = await client.get("/ready")
     assert (health.status_code, health.json()) == (200, {"status": "alive"})
-    ready = await client.get("/ready")
-    assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "listener": "ok"}}
+    assert ready.status_code == 200  # Redis is reported for admins but does not gate readiness
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "listener": "ok", "redis": "ok" if redis_up else "unavailable"},
+    }
 
 
 # --- WebSocket subscriptions against a real uvicorn ------------------------------------------------
@@ -582,5 +599,10 @@ async def test_ready_says_503_while_the_database_is_unreachable() -> None:
         ready = await get_when_up(f"http://127.0.0.1:{health_port}/ready")
     assert alive.status_code == 200
     assert ready.status_code == 503
-    assert ready.json() == {"status": "not ready", "checks": {"database": "unavailable", "listener": "down"}}
+    body = ready.json()
+    assert (body["status"], body["checks"]["database"], body["checks"]["listener"]) == (
+        "not ready",
+        "unavailable",
+        "down",
+    )
     assert "hunter2secret" not in ready.text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from graphql import build_schema, parse, validate
+
 from ferry.domain import TransferStatus
 from gateway.schema import sdl
 
@@ -23,3 +25,18 @@ def test_schema_graphql_matches_the_strawberry_schema() -> None:
 def test_every_transfer_status_is_in_the_schema() -> None:
     enum_block = sdl().split("enum TransferStatus {", 1)[1].split("}", 1)[0]
     assert enum_block.split() == [status.value for status in TransferStatus]
+
+
+def _readme_graphql_examples() -> list[str]:
+    readme = (SCHEMA_FILE.parent / "README.md").read_text()
+    section = readme.split("\n## GraphQL\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in section.split("```graphql\n")[1:]]
+
+
+def test_every_readme_graphql_example_is_valid_against_the_schema() -> None:
+    examples = _readme_graphql_examples()
+    assert len(examples) >= 8  # queries, subscriptions and admin operations
+    built = build_schema(SCHEMA_FILE.read_text())
+    for example in examples:
+        errors = validate(built, parse(example))
+        assert not errors, f"README example does not match schema.graphql: {errors}\n{example}"

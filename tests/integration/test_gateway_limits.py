@@ -1,0 +1,139 @@
+"""Protection limits against the real app: depth, cost, aliases, introspection and GraphiQL
+switches, request size, CORS, and per-client rate limits over HTTP and WebSocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import websockets
+
+from gateway.app import create_app
+from tests.integration.test_gateway import WAIT, free_port, messages, settings_for, until
+
+ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def gateway_client(clean_db: str) -> ClientFactory:
+    @asynccontextmanager
+    async def open_client(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        app = create_app(settings_for(clean_db, **overrides))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+                yield http
+
+    return open_client
+
+
+async def post(client: httpx.AsyncClient, query: str, **variables: Any) -> httpx.Response:
+    return await client.post("/graphql", json={"query": query, "variables": variables})
+
+
+DEEP = (
+    "{ transfers { edges { node { history { transfer { history { transfer { history { transfer { id }"
+    " } } } } } } } } }"
+)
+
+
+async def test_depth_cost_and_alias_limits_refuse_before_running(gateway_client: ClientFactory) -> None:
+    async with gateway_client(gateway_max_depth=6, gateway_max_cost=500, gateway_max_aliases=2) as client:
+        assert messages((await post(client, DEEP)).json()) == [
+            "the query is nested 10 levels deep; the limit is 6"
+        ]
+        costly = "query($n: Int) { transfers(first: $n) { edges { node { id amount status sender } } } }"
+        body = (await post(client, costly, n=50)).json()
+        assert body == {"data": {"transfers": {"edges": []}}}  # cost 1 + 50 × (1 + 1 + 4) = 301
+        body = (
+            await post(client, costly.replace("id amount", "id amount recipient token routeId nonce"), n=50)
+        ).json()
+        assert messages(body) == [
+            "the query may cost 501 (fields × page sizes); the limit is 500: "
+            "ask for smaller pages or fewer fields"
+        ]
+        aliased = "{ a: chains { id } b: chains { id } c: routes { id } }"
+        assert messages((await post(client, aliased)).json()) == ["the query uses 3 aliases; the limit is 2"]
+        fine = (await post(client, "{ a: chains { id } b: routes { id } }")).json()
+        assert fine == {"data": {"a": [], "b": []}}
+
+
+async def test_introspection_and_graphiql_can_be_turned_off(gateway_client: ClientFactory) -> None:
+    introspect = "{ __schema { queryType { name } } }"
+    async with gateway_client() as client:
+        assert (await post(client, introspect)).json()["data"]["__schema"]["queryType"]["name"] == "Query"
+        ide = await client.get("/graphql", headers={"accept": "text/html"})
+        assert ide.status_code == 200
+        assert "graphiql" in ide.text.lower()
+    async with gateway_client(gateway_introspection=False, gateway_graphiql=False) as client:
+        assert messages((await post(client, introspect)).json()) == [
+            "introspection is turned off on this server; the schema is published as schema.graphql"
+        ]
+        assert (await post(client, "{ __typename }")).json() == {"data": {"__typename": "Query"}}
+        ide = await client.get("/graphql", headers={"accept": "text/html"})
+        assert ide.status_code == 404
+
+
+async def test_oversized_requests_and_batches_are_refused_cleanly(gateway_client: ClientFactory) -> None:
+    async with gateway_client(gateway_max_request_bytes=1_024) as client:
+        padded = "{ chains { id } }" + " " * 2_000
+        response = await post(client, padded)
+        assert response.status_code == 413
+        assert messages(response.json()) == ["request too large: at most 1024 bytes; send a smaller query"]
+        batch = await client.post("/graphql", json=[{"query": "{ chains { id } }"}] * 2)
+        assert batch.status_code == 400
+
+
+async def test_cors_allows_only_the_configured_origins(gateway_client: ClientFactory) -> None:
+    preflight = {"origin": "https://wallet.example", "access-control-request-method": "POST"}
+    async with gateway_client(gateway_cors_origins="https://wallet.example") as client:
+        allowed = await client.options("/graphql", headers=preflight)
+        assert allowed.headers.get("access-control-allow-origin") == "https://wallet.example"
+        refused = await client.options("/graphql", headers={**preflight, "origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in refused.headers
+
+
+async def test_http_rate_limit_answers_429_with_retry_after(gateway_client: ClientFactory) -> None:
+    async with gateway_client(gateway_rate_limit=0.1) as client:
+        assert (await post(client, "{ __typename }")).status_code == 200
+        limited = await post(client, "{ __typename }")
+        assert limited.status_code == 429
+        assert int(limited.headers["retry-after"]) >= 1
+        assert messages(limited.json())[0].startswith(
+            "rate limit: at most 0.1 requests per second per client"
+        )
+
+
+async def read_until_closed(ws: websockets.ClientConnection) -> None:
+    async with asyncio.timeout(WAIT):
+        while True:
+            await ws.recv()
+
+
+async def test_websocket_rate_limit_closes_the_connection_with_a_reason(clean_db: str) -> None:
+    port = free_port()
+    app = create_app(settings_for(clean_db, gateway_rate_limit=0.1))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        await until(lambda: server.started)
+        url = f"ws://127.0.0.1:{port}/graphql"
+        async with websockets.connect(
+            url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")]
+        ) as ws:
+            await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await read_until_closed(ws)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4429
+        assert closed.value.rcvd.reason.startswith("rate limit: at most 0.1 messages per second")
+    finally:
+        server.should_exit = True
+        await task

@@ -1,0 +1,110 @@
+"""Resource observability shared by every process: event-loop lag, and helpers around it.
+
+CPU, resident memory and open file descriptors come from prometheus_client's
+default process collector (``process_cpu_seconds_total``,
+``process_resident_memory_bytes``, ``process_open_fds``) on every ``/metrics``.
+What it cannot see is the event loop: a blocking call or a garbage-collection
+pause delays every coroutine of the process at once. ``watch_event_loop`` sleeps
+a fixed interval over and over and records how late each wake-up came
+(``ferry_event_loop_lag_seconds``); ``with_event_loop_watch`` runs a process's
+main coroutine with the watcher beside it; ``ferry.cli`` starts every process so:
+
+    observability.prepare(name, settings.chains())
+    asyncio.run(observability.with_event_loop_watch(run(settings)))
+
+``prepare`` creates, at zero, the series a process will count into for every
+configured chain and route. A labelled counter has no series until its first
+increment, so without this an error or reorg counter would be missing rather
+than 0: ``rate()``/``increase()`` would see nothing at the first event, and an
+alert on it could never fire on the first occurrence. Only label values known
+from the configuration and from fixed vocabularies are prepared, never
+addresses or hashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from ferry import metrics
+from ferry.domain import TransferStatus
+from ferry.settings import ChainsConfig
+
+T = TypeVar("T")
+
+#: Seconds between two lag samples: often enough to catch a pause, cheap enough to ignore.
+SAMPLE_INTERVAL = 0.25
+
+
+async def watch_event_loop(interval: float = SAMPLE_INTERVAL) -> None:
+    """Observe the event loop's lag every ``interval`` seconds, until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        expected = loop.time() + interval
+        await asyncio.sleep(interval)
+        metrics.EVENT_LOOP_LAG.observe(max(loop.time() - expected, 0.0))
+
+
+async def with_event_loop_watch(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` with ``watch_event_loop`` beside it; the watcher stops when ``main`` ends."""
+    watcher = asyncio.create_task(watch_event_loop(), name="observability:event-loop-lag")
+    try:
+        return await main
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+#: Statuses each process moves transfers into (ferry_transfer_transitions_total).
+_STATUSES_SET_BY = {
+    "indexer": ("PENDING", "CONFIRMED", "ORPHANED", "RELEASED", "FINALIZED"),
+    "relayer": ("CONFIRMED", "SUBMITTED", "RELEASED", "HELD", "FAILED"),
+}
+_INDEXER_ERROR_KINDS = ("rpc", "database", "reorg", "unexpected")
+_INDEXER_EVENTS = ("TokensLocked", "TransferReleased")
+_RPC_ERROR_KINDS = ("unavailable", "garbage", "rate_limited")
+_RELEASE_OUTCOMES = ("sent", "rebroadcast", "dropped", "reverted", "mined")
+_FAILURE_REASONS = ("unsafe", "revert", "liquidity", "operator")
+
+
+def prepare(process: str, config: ChainsConfig) -> None:
+    """Create the zero series ``process`` will count into, for every configured chain and route."""
+    for route in config.routes:
+        for status in _STATUSES_SET_BY.get(process, ()):
+            metrics.TRANSFER_TRANSITIONS.labels(route=route.route_id, status=TransferStatus(status).value)
+    if process == "indexer":
+        _prepare_indexer(config)
+    elif process == "relayer":
+        _prepare_relayer(config)
+
+
+def _prepare_indexer(config: ChainsConfig) -> None:
+    for chain in config.chains:
+        for kind in _INDEXER_ERROR_KINDS:
+            metrics.INDEXER_ERRORS.labels(chain=chain.name, kind=kind)
+        for event in _INDEXER_EVENTS:
+            metrics.EVENTS_INDEXED.labels(chain=chain.name, event=event)
+        for endpoint in range(len(chain.rpc_urls)):
+            for rpc_error in _RPC_ERROR_KINDS:
+                metrics.RPC_ERRORS.labels(chain=chain.name, endpoint=str(endpoint), kind=rpc_error)
+        metrics.WATCHDOG_RESTARTS.labels(chain=chain.name)
+        # NOTE: a gauge, but 0 (not stalled) is the truth until the watchdog says otherwise.
+        metrics.INDEXER_STALLED.labels(chain=chain.name)
+        metrics.REORGS.labels(chain=chain.name)
+        metrics.REORG_DEPTH.labels(chain=chain.name)
+        metrics.DEEP_REORGS.labels(chain=chain.name)
+
+
+def _prepare_relayer(config: ChainsConfig) -> None:
+    for route in config.routes:
+        metrics.LOCK_TO_RELEASE.labels(route=route.route_id)
+        for reason in _FAILURE_REASONS:
+            metrics.RELEASE_FAILURES.labels(route=route.route_id, reason=reason)
+    for chain in config.chains:
+        # NOTE: the relayer labels its chain metrics with the chain id, not the name.
+        for outcome in _RELEASE_OUTCOMES:
+            metrics.RELEASES.labels(chain=str(chain.id), outcome=outcome)
+        metrics.REPLACEMENTS.labels(chain=str(chain.id))

@@ -1,0 +1,1 @@
+"""Grafana for Ferry: dashboards generated from code (generate.py), provisioning, query helpers."""

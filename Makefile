@@ -13,6 +13,7 @@ DEV_ARGS ?=
 .PHONY: dev test lint setup clean
 
 setup: $(VENV)/.installed node_modules/.installed
+	@bash scripts/ensure-tools.sh
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Ferry needs Python 3.11 or newer")'

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ferry import logs
+from ferry import logs, observability
 from ferry.settings import ConfigError, Settings, load_settings
 
 _SERVICES = {
@@ -32,7 +32,8 @@ def _run_service(name: str, settings: Settings) -> None:
     settings.chains()  # validate the chains file before anything starts
     module = importlib.import_module(_SERVICES[name])
     run: Callable[[Settings], Coroutine[Any, Any, None]] = module.run
-    asyncio.run(run(settings))
+    observability.prepare(name, settings.chains())
+    asyncio.run(observability.with_event_loop_watch(run(settings)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +65,46 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--exit-after-demo", action="store_true", help="stop once the demo transfers are released"
     )
+    _add_transfers_commands(sub)
+    keys = sub.add_parser("keys", help="release signer keys")
+    key_actions = keys.add_subparsers(dest="keys_command", required=True)
+    rotate = key_actions.add_parser(
+        "rotate", help="add a new signer on every target bridge, let relayers switch, remove the old one"
+    )
+    rotate.add_argument("--old", required=True, help="address of the signer to retire")
+    rotate.add_argument("--new", required=True, help="address of the new signer (relayers hold its keystore)")
+    rotate.add_argument("--settle", type=float, default=60.0, help="seconds between adding and removing")
     return parser
+
+
+def _add_transfers_commands(sub: Any) -> None:
+    """``ferry transfers approve|reject|retry|cancel ID`` and ``dead-letters`` (relayer.admin)."""
+    transfers = sub.add_parser("transfers", help="operator actions on transfers and the dead-letter list")
+    actions = transfers.add_subparsers(dest="transfers_command", required=True)
+    for name, text in (
+        ("approve", "release a HELD transfer despite the limit that held it"),
+        ("reject", "fail a HELD transfer for good ('rejected by operator')"),
+        ("retry", "send a FAILED transfer (a dead letter) back to be released"),
+        ("cancel", "close a HELD or FAILED transfer for good; it is never released"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("transfer_id", help="<sourceChainId>:<sourceBridge>:<nonce>")
+        action.add_argument("--reason", help="why, kept in the audit record")
+        action.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the outcome")
+    dead = actions.add_parser("dead-letters", help="list FAILED transfers with their reasons")
+    dead.add_argument("--route", help="only this route, e.g. FTT:31337-31338")
+    dead.add_argument("--limit", type=int, default=100)
+
+
+def _rotate_keys(args: argparse.Namespace, settings: Settings) -> None:
+    if settings.owner_key is None:
+        raise ConfigError(
+            "ferry keys rotate needs the bridge owner's key in FERRY_OWNER_KEY (or FERRY_OWNER_KEY_FILE)"
+        )
+    owner_key = settings.owner_key.get_secret_value()
+    logs.register_secret(owner_key)
+    rotation = importlib.import_module("relayer.rotation")
+    rotation.rotate_signer(settings.chains(), owner_key, args.old, args.new, settle=args.settle)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,6 +127,11 @@ def main(argv: list[str] | None = None) -> None:
             from ferry.deploy import deploy_from_cli
 
             deploy_from_cli(args)
+        elif args.command == "transfers":
+            admin = importlib.import_module("relayer.admin")
+            sys.exit(admin.run_transfers_command(args, settings))
+        elif args.command == "keys":
+            _rotate_keys(args, settings)
         elif args.command == "dev":
             from ferry.dev import run_dev
 

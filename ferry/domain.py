@@ -29,12 +29,13 @@ S = TransferStatus
 ALLOWED_FROM: dict[TransferStatus, frozenset[TransferStatus]] = {
     S.PENDING: frozenset({S.ORPHANED}),
     S.CONFIRMED: frozenset({S.PENDING, S.SUBMITTED, S.HELD, S.FAILED, S.RELEASED}),
-    S.ORPHANED: frozenset({S.PENDING}),
+    # NOTE: CONFIRMED and HELD only under the indexer's `rollback` deep-reorg policy.
+    S.ORPHANED: frozenset({S.PENDING, S.CONFIRMED, S.HELD}),
     S.HELD: frozenset({S.CONFIRMED}),
     S.SUBMITTED: frozenset({S.CONFIRMED}),
     S.RELEASED: frozenset({S.CONFIRMED, S.SUBMITTED, S.HELD, S.FAILED}),
     S.FINALIZED: frozenset({S.RELEASED}),
-    S.FAILED: frozenset({S.CONFIRMED, S.SUBMITTED}),
+    S.FAILED: frozenset({S.CONFIRMED, S.SUBMITTED, S.HELD}),
 }
 
 #: States in which the relayer still owes the transfer work.

@@ -59,3 +59,125 @@ INDEXER_ERRORS = Counter(
     "Failed indexer steps by kind (rpc, database, reorg, unexpected)",
     ["chain", "kind"],
 )
+
+# Resources (appended; CPU, memory and open fds come from prometheus_client's process collector)
+EVENT_LOOP_LAG = Histogram(
+    "ferry_event_loop_lag_seconds",
+    "How late the event loop ran a callback scheduled on time (observability.watch_event_loop)",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+# Relayer: limits, operator actions and dead letters (appended)
+LIMIT_HOLDS = Counter(
+    "ferry_relayer_limit_holds_total",
+    "Transfers HELD by a route limit (max_amount, daily_cap, sender_rate, legacy_recipient)",
+    ["route", "limit"],
+)
+HELD_TRANSFERS = Gauge("ferry_relayer_held_transfers", "Transfers waiting for an operator (HELD)", ["route"])
+DEAD_LETTERS = Gauge("ferry_relayer_dead_letters", "FAILED transfers (dead letters), per route", ["route"])
+RELEASE_FAILURES = Counter(
+    "ferry_relayer_release_failures_total",
+    "Transfers FAILED by the relayer, by reason (revert, liquidity, operator)",
+    ["route", "reason"],
+)
+OPERATOR_ACTIONS = Counter(
+    "ferry_relayer_operator_actions_total",
+    "Operator requests the relayer processed, by action and whether it applied",
+    ["action", "outcome"],
+)
+
+# Indexer: reorgs (appended)
+REORGS = Counter("ferry_indexer_reorgs_total", "Reorgs rolled back", ["chain"])
+REORG_DEPTH = Histogram(
+    "ferry_indexer_reorg_depth_blocks",
+    "Depth of rolled-back reorgs in blocks",
+    ["chain"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 256),
+)
+DEEP_REORGS = Counter(
+    "ferry_indexer_deep_reorgs_total",
+    "Reorgs deeper than confirmations (a confirmed transfer lost its lock); routes were paused",
+    ["chain"],
+)
+
+# Gateway (appended)
+FANOUT_LAG = Histogram(
+    "ferry_gateway_fanout_lag_seconds",
+    "Time from a status change's commit (its created_at) to the gateway offering it to subscribers",
+    buckets=LATENCY_BUCKETS,
+)
+RATE_LIMITED = Counter(
+    "ferry_gateway_rate_limited_total", "Requests refused by the per-client rate limit", ["transport"]
+)
+QUERIES_REFUSED = Counter(
+    "ferry_gateway_queries_refused_total", "Operations refused before execution by a limit", ["limit"]
+)
+ADMIN_ACTIONS = Counter(
+    "ferry_gateway_admin_actions_total", "Admin mutations by action and outcome", ["action", "outcome"]
+)
+
+# Relayer: submitter (appended)
+QUEUE_DEPTH = Gauge(
+    "ferry_relayer_queue_depth", "Vetted transfers waiting for their chain's submitter", ["chain"]
+)
+JOBS_IN_FLIGHT = Gauge("ferry_relayer_jobs_in_flight", "Relay jobs running in this worker")
+TXS_IN_FLIGHT = Gauge("ferry_relayer_txs_in_flight", "Release transactions sent and not yet mined", ["chain"])
+BATCH_SIZE = Histogram(
+    "ferry_relayer_batch_size",
+    "Transfers per releaseBatch transaction",
+    ["chain"],
+    buckets=(1, 2, 5, 10, 20, 30, 40, 50, 75, 100, 200, 500),
+)
+REPLACEMENTS = Counter(
+    "ferry_relayer_replacements_total", "Stuck release transactions re-sent with higher fees", ["chain"]
+)
+STUCK_AT_FEE_CAP = Gauge(
+    "ferry_relayer_stuck_at_fee_cap",
+    "Unmined release transactions already priced at max_fee_per_gas",
+    ["chain"],
+)
+GAS_SPENT = Counter("ferry_relayer_gas_spent_wei_total", "Gas paid for release transactions (wei)", ["route"])
+SUBMITTER_BALANCE = Gauge(
+    "ferry_relayer_submitter_balance_wei", "Gas balance of the submitting account", ["chain"]
+)
+SUBMITTER_LOW_BALANCE = Gauge(
+    "ferry_relayer_submitter_balance_low",
+    "1 when the submitting account is below min_submitter_balance",
+    ["chain"],
+)
+
+# Indexer: RPC endpoint health, labelled by endpoint index in rpc_urls, never the URL (appended)
+ENDPOINT_UP = Gauge(
+    "ferry_rpc_endpoint_up", "1 when the endpoint is in rotation, 0 while backed off", ["chain", "endpoint"]
+)
+RPC_REQUESTS = Counter("ferry_rpc_requests_total", "JSON-RPC HTTP requests sent", ["chain", "endpoint"])
+RPC_ERRORS = Counter(
+    "ferry_rpc_errors_total",
+    "Failed steps per endpoint (unavailable, garbage, rate_limited)",
+    ["chain", "endpoint", "kind"],
+)
+RPC_LATENCY = Histogram(
+    "ferry_rpc_request_seconds",
+    "JSON-RPC HTTP round-trip time",
+    ["chain", "endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+
+# Indexer: leadership and watchdog (appended)
+INDEXER_LEADER = Gauge(
+    "ferry_indexer_leader", "1 while this process holds the chain's leader lock", ["chain"]
+)
+INDEXER_STALLED = Gauge(
+    "ferry_indexer_stalled", "1 while the watchdog sees the chain stuck (no progress, head ahead)", ["chain"]
+)
+WATCHDOG_RESTARTS = Counter(
+    "ferry_indexer_watchdog_restarts_total", "Followers restarted by the watchdog", ["chain"]
+)
+
+# Indexer: backfill and lag in time (appended)
+BACKFILL_PROGRESS = Gauge(
+    "ferry_indexer_backfill_progress", "Share of the current backfill committed (0 to 1)", ["chain"]
+)
+INDEXER_LAG_SECONDS = Gauge(
+    "ferry_indexer_lag_seconds", "Seconds between now and the indexed block's timestamp", ["chain"]
+)

@@ -76,6 +76,12 @@ class ChainConfig(_Strict):
     confirmations: int = Field(default=12, ge=1, le=10_000)
     poll_interval: float = Field(default=1.0, gt=0, le=3600)
     log_range: int = Field(default=2_000, ge=1, le=1_000_000, description="blocks per eth_getLogs call")
+    finality: Literal["confirmations", "finalized"] = Field(
+        default="confirmations", description="confirm locks by `confirmations` or by the node's finalized tag"
+    )
+    reorg_policy: Literal["halt", "rollback"] = Field(
+        default="halt", description="what a reorg deeper than `confirmations` does (docs/indexer.md)"
+    )
     bridges: dict[str, BridgeDeployment] = Field(description="token symbol -> bridge deployment")
 
     @model_validator(mode="after")
@@ -90,6 +96,12 @@ class RouteConfig(_Strict):
     token: str
     source: int = Field(description="source chain id")
     target: int = Field(description="target chain id")
+    # Relayer limits (token base units); a transfer over one is HELD for an operator.
+    max_amount: int | None = Field(default=None, gt=0, description="largest amount one transfer may release")
+    daily_cap: int | None = Field(default=None, gt=0, description="most volume per UTC day of lock time")
+    sender_hourly_limit: int = Field(default=10, ge=1, description="transfers per sender per hour")
+    adapter: Literal["ferry", "legacy"] = Field(default="ferry", description="target bridge interface")
+    legacy_signer: Address | None = Field(default=None, description="the legacy bridge's one signer")
 
     @property
     def route_id(self) -> str:
@@ -250,7 +262,40 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     max_page_size: int = Field(default=100, ge=1, le=10_000)
     sweep_interval: float = Field(default=5.0, gt=0, le=3600)
-    release_timeout: float = Field(default=60.0, gt=0, description="seconds to wait for a release receipt")
+    # Indexer (see docs/indexer.md): its own health port (the gateway's is health_port), watchdog.
+    indexer_health_port: int = Field(default=8082, ge=0, le=65535, description="0 disables")
+    indexer_watchdog: float = Field(default=120.0, gt=0, description="seconds without progress => restart")
+    # Gateway (see docs/graphql.md): admin auth, protection limits, CORS, developer tools.
+    gateway_jwt_secret: SecretStr | None = Field(default=None, description="HS256 key for admin JWTs")
+    gateway_jwt_public_key: str | None = Field(default=None, description="RS256 PEM public key (admin JWTs)")
+    gateway_jwt_max_lifetime: int = Field(default=900, ge=1, description="longest accepted JWT life, seconds")
+    gateway_max_depth: int = Field(default=10, ge=1, le=100)
+    gateway_max_cost: int = Field(default=10_000, ge=1)
+    gateway_max_aliases: int = Field(default=15, ge=1)
+    gateway_max_batch: int = Field(default=10, ge=1, description="operations per HTTP batch request")
+    gateway_rate_limit: float = Field(default=50.0, gt=0, description="requests/s per client (burst: 2 s)")
+    gateway_max_request_bytes: int = Field(default=65_536, ge=1_024)
+    gateway_introspection: bool = True
+    gateway_graphiql: bool = True
+    gateway_cors_origins: str = Field(default="*", description="comma-separated origins, or *")
+    gateway_subscriber_queue: int = Field(default=256, ge=1, le=100_000)
+    gateway_database_roles: bool = Field(
+        default=False, description="read as ferry_gateway_reader, write as ferry_gateway_admin (0005)"
+    )
+    liquidity_wait: float = Field(
+        default=3600.0, ge=0, description="seconds a release may wait for target liquidity before FAILED"
+    )
+    batch_size: int = Field(default=50, ge=1, le=500, description="most transfers in one releaseBatch")
+    batch_linger: float = Field(default=0.2, ge=0, le=60, description="seconds a lone transfer may wait")
+    replace_after: float = Field(default=30.0, gt=0, description="seconds before re-pricing a stuck release")
+    fee_bump_percent: float = Field(default=12.5, ge=12.5, le=1000, description="fee rise per replacement")
+    max_fee_per_gas: int = Field(default=500 * 10**9, gt=0, description="cap on fee per gas (wei)")
+    max_in_flight: int = Field(default=64, ge=1, description="unmined release transactions per account")
+    min_submitter_balance: int = Field(default=10**17, ge=0, description="alert below this gas balance (wei)")
+    signer_keystores: str | None = Field(default=None, description="comma-separated signer keystore files")
+    submitter_keystore: Path | None = Field(default=None, description="keystore of the gas-paying account")
+    keystore_password: SecretStr | None = Field(default=None, description="passphrase of the keystores")
+    owner_key: SecretStr | None = Field(default=None, description="bridge owner key for `ferry keys rotate`")
 
     @property
     def read_url(self) -> str:

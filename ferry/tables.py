@@ -227,6 +227,7 @@ class OperatorRequest(SQLModel, table=True):
     processed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     outcome: str | None = Field(default=None, description="what happened, in a sentence")
 
+
 # NOTE: area modules register their tables on the same metadata; imported last
 # because they may refer to the classes above.
 from ferry import tables_gateway, tables_indexer, tables_relayer  # noqa: E402

@@ -12,24 +12,27 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 from ferry.devstack import DevNetwork, start_dev_network
-from ferry.migrate import upgrade
 from ferry.services import Embedded, ensure_postgres, ensure_redis
+from tests.support.databases import migrated_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    workdir = tmp_path_factory.mktemp("services")
+def services() -> Iterator[tuple[str, str]]:
+    # NOTE: not under pytest's tmp folder: that one is private to root (0700), and the
+    # embedded PostgreSQL runs as its own unprivileged user, which must reach its data.
+    workdir = Path(tempfile.mkdtemp(prefix="ferry-test-services-"))
     postgres: Embedded = ensure_postgres(
         os.environ.get("FERRY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
         workdir / "postgres",
@@ -40,24 +43,13 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
     yield postgres.url, redis.url
     redis.stop()
     postgres.stop()
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def database_url(services: tuple[str, str]) -> Iterator[str]:
-    admin_url = services[0]
-    name = f"ferry_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = _with_database(admin_url, name)
-    upgrade(url)
-    yield url
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with migrated_database(services[0]) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -12,8 +14,11 @@ from ferry.services import ensure_postgres, ensure_redis, postgres_reachable, re
 
 
 def test_embedded_servers_start_when_nothing_answers_and_stop(tmp_path: Path) -> None:
+    # NOTE: the embedded PostgreSQL runs as an unprivileged user that cannot enter
+    # pytest's private tmp folder, so its data goes to a folder of its own.
+    pg_dir = Path(tempfile.mkdtemp(prefix="ferry-test-pg-"))
     dead_port = free_port()
-    pg = ensure_postgres(f"postgresql://postgres@127.0.0.1:{dead_port}/postgres", tmp_path / "pg")
+    pg = ensure_postgres(f"postgresql://postgres@127.0.0.1:{dead_port}/postgres", pg_dir)
     rd = ensure_redis(f"redis://127.0.0.1:{dead_port}/0", tmp_path / "redis")
     try:
         assert pg.started
@@ -27,6 +32,7 @@ def test_embedded_servers_start_when_nothing_answers_and_stop(tmp_path: Path) ->
     finally:
         rd.stop()
         pg.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)
     assert not redis_reachable(rd.url)
     assert not postgres_reachable(pg.url)
 

@@ -33,3 +33,11 @@ def test_there_are_examples_to_check() -> None:
 def test_example_is_valid_against_the_schema(where: str, document: str) -> None:
     errors = validate(schema._schema, parse(document))
     assert not errors, f"{where}: {[e.message for e in errors]}"
+
+
+def test_every_setting_is_in_the_configuration_reference() -> None:
+    from ferry.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"FERRY_{name.upper()}" not in readme]
+    assert not missing, f"README's configuration table lacks: {missing}"

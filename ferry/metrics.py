@@ -75,6 +75,9 @@ LIMIT_HOLDS = Counter(
 )
 HELD_TRANSFERS = Gauge("ferry_relayer_held_transfers", "Transfers waiting for an operator (HELD)", ["route"])
 DEAD_LETTERS = Gauge("ferry_relayer_dead_letters", "FAILED transfers (dead letters), per route", ["route"])
+ROUTE_PAUSED = Gauge(
+    "ferry_route_paused", "1 while a route is paused (operator or deep-reorg halt)", ["route"]
+)
 RELEASE_FAILURES = Counter(
     "ferry_relayer_release_failures_total",
     "Transfers FAILED by the relayer, by reason (revert, liquidity, operator)",

@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 from arq.worker import Retry
 
+from ferry import logs
 from ferry.db import DatabaseUnavailable
 from ferry.domain import TransferStatus
 from ferry.metrics import JOBS_IN_FLIGHT, RELAY_JOBS, TRANSFER_TRANSITIONS
@@ -46,7 +47,8 @@ async def relay_transfer(ctx: dict[str, Any], transfer_id: str) -> str:
     """Vet one transfer; returns what happened (arq does not keep it)."""
     JOBS_IN_FLIGHT.inc()
     try:
-        return _outcome(await _vet(ctx, transfer_id))
+        with logs.bind(transfer_id=transfer_id):
+            return _outcome(await _vet(ctx, transfer_id))
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, DatabaseUnavailable) as exc:
         delay = _backoff(ctx)
         log.warning("relay job deferred %.1f s: %s", delay, exc, extra={"transfer_id": transfer_id})

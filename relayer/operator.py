@@ -38,6 +38,7 @@ from ferry.metrics import (
     HELD_TRANSFERS,
     OPERATOR_ACTIONS,
     RELEASE_FAILURES,
+    ROUTE_PAUSED,
     TRANSFER_TRANSITIONS,
 )
 from ferry.transitions import Move, move_transfers
@@ -162,7 +163,7 @@ async def _note(conn: asyncpg.Connection, request: OperatorRequest, column: str)
 
 
 async def refresh_gauges(pool: asyncpg.Pool) -> None:
-    """Set the held and dead-letter gauges from the database (the source of truth)."""
+    """Set the held, dead-letter and route-paused gauges from the database (the source of truth)."""
     rows = await pool.fetch(
         """
         SELECT route_id, count(*) FILTER (WHERE status = 'HELD') AS held,
@@ -178,6 +179,8 @@ async def refresh_gauges(pool: asyncpg.Pool) -> None:
     for row in rows:
         HELD_TRANSFERS.labels(row["route_id"]).set(row["held"])
         DEAD_LETTERS.labels(row["route_id"]).set(row["failed"])
+    for route in await pool.fetch("SELECT route_id, paused FROM routes"):
+        ROUTE_PAUSED.labels(route["route_id"]).set(1 if route["paused"] else 0)
 
 
 class OperatorDesk:

@@ -108,6 +108,14 @@ CASES = [
     ),
     Case("FerrySubmitterBalanceLow", {'ferry_relayer_submitter_balance_low{chain="31338"}': "0x10"}, "7m"),
     Case(
+        "FerryRoutePaused",
+        {f"ferry_route_paused{{{ROUTE}}}": "0 1 1 1 1 1 1 1 1"},
+        "8m",
+        {"route": "FTT:31337-31338", "severity": "warning"},
+        "route FTT:31337-31338 is paused: its transfers wait until an operator resumes it",
+    ),
+    Case("FerryRoutePaused", {f"ferry_route_paused{{{ROUTE}}}": "0 1 0 1 0 1 0 0 0"}, "8m"),
+    Case(
         "FerryDeadLetters",
         {f'ferry_transfer_transitions_total{{{ROUTE}, status="FAILED"}}': "0 0 0 1 1 1"},
         "5m",

@@ -28,6 +28,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 from ferry.settings import Settings
 from gateway.context import Gateway, GatewayContext
 from gateway.protection import Protection
+from gateway.request_id import RequestId
 from gateway.schema import schema
 
 #: Seconds between keep-alive messages on legacy graphql-ws connections.
@@ -64,8 +65,9 @@ def cors_origins(settings: Settings) -> tuple[str, ...]:
 
 
 def protections(settings: Settings) -> list[Middleware]:
-    """CORS, then per-client rate and request size limits, around the GraphQL routes."""
+    """Request ids, CORS, then per-client rate and request size limits, around the GraphQL routes."""
     return [
+        Middleware(RequestId),
         Middleware(
             CORSMiddleware,
             allow_origins=list(cors_origins(settings)),

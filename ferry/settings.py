@@ -275,6 +275,7 @@ class Settings(BaseSettings):
     gateway_max_batch: int = Field(default=10, ge=1, description="operations per HTTP batch request")
     gateway_rate_limit: float = Field(default=50.0, gt=0, description="requests/s per client (burst: 2 s)")
     gateway_max_request_bytes: int = Field(default=65_536, ge=1_024)
+    gateway_request_timeout: float = Field(default=30.0, gt=0, le=3600, description="seconds")
     gateway_introspection: bool = True
     gateway_graphiql: bool = True
     gateway_cors_origins: str = Field(default="*", description="comma-separated origins, or *")

@@ -28,7 +28,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 from ferry.settings import Settings
 from gateway.context import Gateway, GatewayContext
 from gateway.protection import Protection
-from gateway.request_id import RequestId
+from gateway.request_id import RequestId, RequestTimeout
 from gateway.schema import schema
 
 #: Seconds between keep-alive messages on legacy graphql-ws connections.
@@ -68,6 +68,7 @@ def protections(settings: Settings) -> list[Middleware]:
     """Request ids, CORS, then per-client rate and request size limits, around the GraphQL routes."""
     return [
         Middleware(RequestId),
+        Middleware(RequestTimeout, seconds=settings.gateway_request_timeout),
         Middleware(
             CORSMiddleware,
             allow_origins=list(cors_origins(settings)),

@@ -1,4 +1,6 @@
-"""Request ids: one per HTTP request or WebSocket connection, on every log line it causes.
+"""Request ids and request time bounds for the GraphQL endpoint.
+
+Request ids: one per HTTP request or WebSocket connection, on every log line it causes.
 
 A client may send ``X-Request-Id`` (up to 64 letters, digits, ``-``, ``_``, ``.``) to
 tie Ferry's logs to its own; otherwise the gateway makes one. The id is echoed in
@@ -8,6 +10,9 @@ the ``X-Request-Id`` response header and bound into the logging context
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import re
 import uuid
 
@@ -46,3 +51,45 @@ class RequestId:
 
         with logs.bind(request_id=rid):
             await self.app(scope, receive, send_with_id)
+
+
+class RequestTimeout:
+    """Bound every HTTP request: a request still running after ``seconds`` is answered
+    with a GraphQL error instead of holding its client (and a connection) forever.
+
+    NOTE: WebSocket connections are long-lived by design and are not bounded here.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.seconds):
+                await self.app(scope, receive, tracking_send)
+        except TimeoutError:
+            logging.getLogger(__name__).warning("request exceeded %.0f s and was cut off", self.seconds)
+            if started:
+                return
+            body = json.dumps(
+                {
+                    "data": None,
+                    "errors": [
+                        {"message": f"the request took longer than {self.seconds:g} s; try a narrower query"}
+                    ],
+                }
+            ).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})

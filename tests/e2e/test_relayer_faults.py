@@ -15,6 +15,7 @@ was not made, and per route the amount released equals the amount locked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -51,6 +52,17 @@ def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Emb
     server = ensure_postgres("postgresql://postgres@127.0.0.1:1/postgres", workdir, force_embedded=True)
     yield server, workdir / "pgdata"
     server.stop()
+    # NOTE: after the test's restart the postmaster is not the one pgserver started, and its
+    # cleanup leaves it running: stop it through pg_ctl so no server outlives the test.
+    with contextlib.suppress(Exception):
+        stop_postgres(workdir / "pgdata")
+
+
+def stop_postgres(pgdata: Path) -> None:
+    import pgserver
+
+    options: dict[str, Any] = {"user": "pgserver"} if os.geteuid() == 0 else {}
+    pgserver.pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata, **options)
 
 
 def restart_postgres(pgdata: Path) -> None:

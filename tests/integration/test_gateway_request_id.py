@@ -65,3 +65,30 @@ async def test_log_lines_written_while_serving_a_request_carry_its_id() -> None:
     assert response.headers["x-request-id"] == "rid-7"
     assert len(lines) == 1
     assert json.loads(lines[0])["request_id"] == "rid-7"
+
+
+async def test_a_request_that_runs_too_long_is_answered_with_a_clear_error() -> None:
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from gateway.request_id import RequestTimeout
+
+    async def stuck(_request: Request) -> PlainTextResponse:
+        await asyncio.Event().wait()  # never set: a request that would hang forever
+        return PlainTextResponse("unreachable")
+
+    async def quick(_request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = RequestTimeout(Starlette(routes=[Route("/stuck", stuck), Route("/quick", quick)]), seconds=0.2)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+        cut = await http.get("/stuck")
+        fine = await http.get("/quick")
+    assert cut.status_code == 200
+    assert "took longer than 0.2 s" in cut.json()["errors"][0]["message"]
+    assert fine.text == "ok"

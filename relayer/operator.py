@@ -24,14 +24,11 @@ by whoever wrote them (the gateway flips ``routes.paused``); they are not ours.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
 import asyncpg
 
-from ferry.db import Listener
 from ferry.domain import TransferStatus
 from ferry.metrics import (
     DEAD_LETTERS,
@@ -42,6 +39,7 @@ from ferry.metrics import (
     TRANSFER_TRANSITIONS,
 )
 from ferry.transitions import Move, move_transfers
+from relayer.wakeup import NotifiedLoop
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +49,6 @@ OPERATOR_CHANNEL = "ferry_operator_requests"
 TRANSFER_ACTIONS = ("APPROVE", "REJECT", "RETRY", "CANCEL")
 REJECTED = "rejected by operator"
 CANCELLED = "cancelled by operator"
-LISTEN_TIMEOUT_SECONDS = 30.0
 #: Routes the held/dead-letter gauges have a value for.
 _GAUGED_ROUTES: set[str] = set()
 
@@ -188,36 +185,17 @@ class OperatorDesk:
 
     def __init__(self, pool: asyncpg.Pool, *, dsn: str, interval: float) -> None:
         self._pool = pool
-        self._interval = interval
-        self._wake = asyncio.Event()
-        self._listener = Listener(dsn, OPERATOR_CHANNEL, self._on_notify, self._on_reconnect)
-        self._task: asyncio.Task[None] | None = None
+        self._loop = NotifiedLoop(
+            self._round, dsn=dsn, channel=OPERATOR_CHANNEL, interval=interval, name="relayer-operator-desk"
+        )
 
     async def start(self) -> None:
-        await asyncio.wait_for(self._listener.start(), LISTEN_TIMEOUT_SECONDS)
-        self._task = asyncio.create_task(self._run(), name="relayer-operator-desk")
+        await self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._listener.stop()
+        await self._loop.stop()
 
-    def _on_notify(self, _payload: str) -> None:
-        self._wake.set()
-
-    async def _on_reconnect(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                await process_requests(self._pool)
-                await refresh_gauges(self._pool)
-            except Exception:
-                # NOTE: outlive database outages; the requests wait in the table.
-                log.exception("processing operator requests failed; retrying in %.1f s", self._interval)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+    async def _round(self) -> None:
+        # NOTE: a failed round is retried by the loop; the requests wait in the table.
+        await process_requests(self._pool)
+        await refresh_gauges(self._pool)

@@ -14,18 +14,16 @@ mid-job, the next sweep enqueues the transfer again: nothing is lost.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import Any
 
 import asyncpg
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
-from ferry.db import Listener
 from ferry.domain import CHANGES_CHANNEL
 from ferry.metrics import SWEEP_ENQUEUED
 from relayer import store
+from relayer.wakeup import NotifiedLoop
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +31,6 @@ log = logging.getLogger(__name__)
 DEBOUNCE_SECONDS = 0.05
 #: Most transfers enqueued by one sweep (the next sweep takes the rest).
 SWEEP_LIMIT = 1_000
-LISTEN_TIMEOUT_SECONDS = 30.0
 #: A transfer owed this long whose job id arq refuses is checked for a stranded job.
 STRANDED_AFTER_SECONDS = 30.0
 
@@ -65,40 +62,20 @@ class Sweeper:
         self._pool = pool
         self._redis = redis  # an arq.connections.ArqRedis
         self._queue_name = queue_name
-        self._interval = interval
-        self._wake = asyncio.Event()
-        self._listener = Listener(dsn, CHANGES_CHANNEL, self._on_notify, self._on_reconnect)
-        self._task: asyncio.Task[None] | None = None
+        self._loop = NotifiedLoop(
+            self.sweep,
+            dsn=dsn,
+            channel=CHANGES_CHANNEL,
+            interval=interval,
+            name="relayer-sweep",
+            debounce=DEBOUNCE_SECONDS,
+        )
 
     async def start(self) -> None:
-        await asyncio.wait_for(self._listener.start(), LISTEN_TIMEOUT_SECONDS)
-        self._task = asyncio.create_task(self._run(), name="relayer-sweep")
+        await self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._listener.stop()
-
-    def _on_notify(self, _payload: str) -> None:
-        self._wake.set()
-
-    async def _on_reconnect(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception:
-                # NOTE: the sweeper must outlive database and Redis outages; it tries again.
-                log.exception("sweep failed; retrying in %.1f s", self._interval)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
-            if self._wake.is_set():
-                await asyncio.sleep(DEBOUNCE_SECONDS)
-            self._wake.clear()
+        await self._loop.stop()
 
     async def sweep(self) -> int:
         """Enqueue every owed transfer that has no job yet; returns how many were enqueued."""

@@ -25,7 +25,7 @@ import psycopg
 
 from ferry.deploy import lock_tokens
 from ferry.devchain import free_port
-from ferry.devstack import ONE, DevNetwork, ProcessGroup, start_dev_network
+from ferry.devstack import ONE, DevNetwork, ProcessGroup, StackNotReady, start_dev_network
 from ferry.migrate import upgrade
 from ferry.services import Embedded, ensure_postgres, ensure_redis
 from ferry.settings import Settings, load_settings
@@ -84,7 +84,10 @@ def run_dev(args: argparse.Namespace) -> int:
         )
         group = _start_processes(settings, network, database_url, redis.url, workdir / "logs")
         graphql = f"http://{settings.graphql_host}:{settings.graphql_port}/graphql"
-        _wait_ready(settings, group)
+        try:
+            group.wait_ready(f"http://{settings.graphql_host}:{settings.health_port}/ready")
+        except StackNotReady as exc:
+            raise SystemExit(f"ferry dev: {exc}") from None
         ids = _send_demo_transfers(network, args.demo_transfers)
         _print_welcome(graphql, network, ids, workdir / "logs")
         if args.exit_after_demo:
@@ -120,19 +123,6 @@ def _start_processes(
     group.start("relayer", "relayer", {"FERRY_METRICS_PORT": str(_port_or_free(9092))})
     group.start("gateway", "gateway", {"FERRY_METRICS_PORT": str(settings.metrics_port)})
     return group
-
-
-def _wait_ready(settings: Settings, group: ProcessGroup, timeout: float = 60.0) -> None:
-    url = f"http://{settings.graphql_host}:{settings.health_port}/ready"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if group.failed():
-            raise SystemExit(f"ferry dev: {group.failed()} exited during start-up; see the logs folder")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.25)
-    raise SystemExit(f"ferry dev: the gateway was not ready at {url} within {timeout:.0f}s")
 
 
 def _send_demo_transfers(network: DevNetwork, per_direction: int) -> list[str]:

@@ -16,11 +16,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
 import yaml
 from web3 import HTTPProvider, Web3
 
@@ -164,6 +166,10 @@ def _write_chains_file(network: DevNetwork) -> None:
     network.chains_file.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
+class StackNotReady(RuntimeError):
+    """The processes did not become ready (one exited, or the wait timed out)."""
+
+
 class ProcessGroup:
     """Ferry processes as subprocesses (``python -m ferry <command>``), stopped together."""
 
@@ -200,6 +206,19 @@ class ProcessGroup:
 
     def failed(self) -> list[str]:
         return [name for name, p in self.processes.items() if p.poll() is not None]
+
+    def wait_ready(self, url: str, timeout: float = 60.0) -> None:
+        """Return once ``url`` answers 200; StackNotReady when a process exits or time runs out."""
+        where = f"; logs in {self._logdir}" if self._logdir else ""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.failed():
+                raise StackNotReady(f"{self.failed()} exited during start-up{where}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            time.sleep(0.25)
+        raise StackNotReady(f"{url} was not ready within {timeout:.0f} s{where}")
 
     def stop(self, timeout: float = 10.0) -> None:
         for process in self.processes.values():

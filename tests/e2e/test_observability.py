@@ -101,7 +101,7 @@ def observed(
         for name in ("indexer", "relayer", "gateway"):
             group.start(name, name, {"FERRY_METRICS_PORT": str(ports[name])})
         prometheus, prometheus_url = _start_prometheus(workdir, ports)
-        _wait_ready(f"http://127.0.0.1:{ports['health']}/ready", group, logdir)
+        group.wait_ready(f"http://127.0.0.1:{ports['health']}/ready", timeout=90)
         graphql = f"http://127.0.0.1:{ports['graphql']}/graphql"
         released, held, failed = asyncio.run(_make_transfers(network, database_url, graphql, group, logdir))
         yield Observed(network, database_url, logdir, prometheus_url, released, held, failed)
@@ -147,19 +147,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-def _wait_ready(url: str, group: ProcessGroup, logdir: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert not group.failed(), f"{group.failed()} exited; logs in {logdir}"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"gateway not ready at {url}; logs in {logdir}")
 
 
 async def _make_transfers(

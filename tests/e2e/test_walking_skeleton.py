@@ -10,12 +10,10 @@ exactly the amount locked.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from ferry.deploy import bridge_contract, lock_tokens, token_contract
@@ -63,24 +61,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url
     try:
         for name in ("indexer", "relayer", "gateway"):
             group.start(name, name, {"FERRY_METRICS_PORT": str(free_port())})
-        _wait_ready(f"http://127.0.0.1:{health_port}/ready", group, workdir / "logs")
+        group.wait_ready(f"http://127.0.0.1:{health_port}/ready")
         yield Stack(network, f"http://127.0.0.1:{graphql_port}/graphql", group, workdir / "logs")
     finally:
         group.stop()
         network.stop()
-
-
-def _wait_ready(url: str, group: ProcessGroup, logdir: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert not group.failed(), f"{group.failed()} exited; logs in {logdir}"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"gateway not ready at {url}; logs in {logdir}")
 
 
 async def _statuses_until_released(graphql: str, transfer: str, seen: list[str]) -> None:

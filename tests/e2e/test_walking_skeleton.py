@@ -20,6 +20,7 @@ from ferry.deploy import bridge_contract, lock_tokens, token_contract
 from ferry.devchain import free_port
 from ferry.devstack import ONE, DevChain, DevNetwork, ProcessGroup, start_dev_network
 from ferry.domain import transfer_id
+from tests.support.databases import migrated_database
 from tests.support.graphql import query, subscribe
 
 pytestmark = pytest.mark.e2e
@@ -44,13 +45,27 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: str) -> Iterator[Stack]:
+def skeleton_database(services: tuple[str, str]) -> Iterator[str]:
+    """A database of this module's own.
+
+    NOTE: not the session's shared ``database_url``: fresh anvil chains repeat bridge
+    addresses, nonces and the dev sender, so rows other tests left there count against
+    this stack's per-sender limit (the HELD flake) or collide with its transfer ids.
+    """
+    with migrated_database(services[0], prefix="ferry_skeleton") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, skeleton_database: str, redis_url: str
+) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("e2e")
     network = start_dev_network(workdir / "chains", block_time=1)
     graphql_port, health_port = free_port(), free_port()
     env = {
         **network.env(),
-        "FERRY_DATABASE_URL": database_url,
+        "FERRY_DATABASE_URL": skeleton_database,
         "FERRY_REDIS_URL": redis_url,
         "FERRY_QUEUE_NAME": f"ferry:e2e:{graphql_port}",
         "FERRY_GRAPHQL_PORT": str(graphql_port),

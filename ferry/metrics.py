@@ -184,3 +184,10 @@ BACKFILL_PROGRESS = Gauge(
 INDEXER_LAG_SECONDS = Gauge(
     "ferry_indexer_lag_seconds", "Seconds between now and the indexed block's timestamp", ["chain"]
 )
+
+# Transfers (business): volume, counted where the history rows are written (ferry.transitions) (appended)
+TRANSFER_VOLUME = Counter(
+    "ferry_transfer_volume_tokens",
+    "Volume of transfers entering a status, in token units (amount / 10^decimals of the source token)",
+    ["route", "status"],
+)

@@ -75,6 +75,7 @@ def prepare(process: str, config: ChainsConfig) -> None:
     for route in config.routes:
         for status in _STATUSES_SET_BY.get(process, ()):
             metrics.TRANSFER_TRANSITIONS.labels(route=route.route_id, status=TransferStatus(status).value)
+            metrics.TRANSFER_VOLUME.labels(route=route.route_id, status=TransferStatus(status).value)
     if process == "indexer":
         _prepare_indexer(config)
     elif process == "relayer":
@@ -104,7 +105,6 @@ def _prepare_relayer(config: ChainsConfig) -> None:
         for reason in _FAILURE_REASONS:
             metrics.RELEASE_FAILURES.labels(route=route.route_id, reason=reason)
     for chain in config.chains:
-        # NOTE: the relayer labels its chain metrics with the chain id, not the name.
         for outcome in _RELEASE_OUTCOMES:
-            metrics.RELEASES.labels(chain=str(chain.id), outcome=outcome)
-        metrics.REPLACEMENTS.labels(chain=str(chain.id))
+            metrics.RELEASES.labels(chain=chain.name, outcome=outcome)
+        metrics.REPLACEMENTS.labels(chain=chain.name)

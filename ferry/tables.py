@@ -5,7 +5,7 @@ test runs ``alembic check`` against a migrated database, so the two cannot drift
 
 Writers (one per table or column group, ARCHITECTURE.md):
 
-- ``chains``, ``blocks``, ``releases_seen`` and the source-side columns of
+- ``chains``, ``tokens``, ``blocks``, ``releases_seen`` and the source-side columns of
   ``transfers``: the indexer.
 - ``release_attempts`` and the relay-side columns of ``transfers``: the relayer.
 - ``transfer_status_history``: whoever moves a transfer, always through

@@ -1,4 +1,4 @@
-"""Tables owned by the indexer (its writer): defined here, migrated in migrations/versions/0003.
+"""Tables owned by the indexer (its writer): defined here, migrated in migrations/versions/0003 and 0007.
 
 Imported by ferry/tables.py so Alembic and the schema check see them.
 
@@ -6,6 +6,10 @@ Imported by ferry/tables.py so Alembic and the schema check see them.
   transfer past PENDING lost its lock, or a FINALIZED transfer lost its release)
   lists the affected transfers and the routes it paused, so an operator can see
   what to check before resuming them.
+- ``tokens``: each configured bridge deployment (chain, token symbol, token and
+  bridge addresses, decimals), written from the chains file when the indexer
+  registers its chains. The analytics views and the volume metric divide amounts
+  by ``10^decimals`` of the transfer's source token.
 """
 
 from __future__ import annotations
@@ -41,5 +45,22 @@ class ChainReorg(SQLModel, table=True):
         sa_column=sa.Column(sa.ARRAY(sa.Text), nullable=False, server_default="{}"),
     )
     detected_at: datetime = Field(
+        sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()"))
+    )
+
+
+class ChainToken(SQLModel, table=True):
+    """A token bridged on a chain, as the chains file configures it: its addresses and decimals."""
+
+    __tablename__ = "tokens"
+
+    chain_id: int = Field(
+        sa_column=sa.Column(sa.BigInteger, sa.ForeignKey("chains.chain_id"), primary_key=True)
+    )
+    symbol: str = Field(primary_key=True)
+    token_address: str = Field(description="lowercase")
+    bridge: str = Field(description="lowercase")
+    decimals: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
+    updated_at: datetime = Field(
         sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()"))
     )

@@ -13,6 +13,16 @@ three promises:
    change committed before it (the subscription cursor depends on this).
 3. One ``NOTIFY ferry_transfer_changes, '<highest id>'`` per transaction, delivered
    by PostgreSQL only at COMMIT, so nobody hears of uncommitted state.
+
+The volume metric (``ferry_transfer_volume_tokens_total{route, status}``) is counted
+here, from the same statement that writes the history rows: every writer moves
+transfers through this module, so each change is counted once, by the process
+that made it. Amounts become token units with the source token's decimals from
+the ``tokens`` table (a transfer of an unregistered token is not counted), and a
+route that is not configured is labelled ``unrouted`` (a lock may name any target
+chain: labels stay bounded). It is counted just before the writer's COMMIT: in the
+rare case that the COMMIT then fails, the counter is ahead of the database, which
+stays the exact ledger (``analytics.daily_volume``).
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from ferry import metrics
 from ferry.domain import ALLOWED_FROM, CHANGES_CHANNEL, TransferStatus
 
 #: Arbitrary constant key of the advisory lock that orders history inserts.
@@ -108,7 +119,7 @@ async def record_history(conn: asyncpg.Connection, changes: Sequence[Change]) ->
     if not changes:
         return None
     await conn.execute("SELECT pg_advisory_xact_lock($1)", HISTORY_LOCK_KEY)
-    highest: int | None = await conn.fetchval(
+    volumes = await conn.fetch(
         """
         WITH inserted AS (
         INSERT INTO transfer_status_history
@@ -116,9 +127,15 @@ async def record_history(conn: asyncpg.Connection, changes: Sequence[Change]) ->
         SELECT transfer_id, from_status, to_status, reason, tx_hash, block_number, clock_timestamp()
           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
                AS c(transfer_id, from_status, to_status, reason, tx_hash, block_number)
-        RETURNING id
+        RETURNING id, transfer_id, to_status
         )
-        SELECT max(id) FROM inserted
+        SELECT max(max(i.id)) OVER () AS highest, coalesce(r.route_id, 'unrouted') AS route,
+               i.to_status AS status, sum(t.amount::float8 / 10::float8 ^ k.decimals) AS tokens
+          FROM inserted AS i
+          JOIN transfers AS t ON t.id = i.transfer_id
+          LEFT JOIN routes AS r ON r.route_id = t.route_id
+          LEFT JOIN tokens AS k ON k.chain_id = t.source_chain_id AND k.symbol = t.token
+         GROUP BY 2, 3
         """,
         [c.transfer_id for c in changes],
         [c.from_status.value if c.from_status else None for c in changes],
@@ -127,5 +144,9 @@ async def record_history(conn: asyncpg.Connection, changes: Sequence[Change]) ->
         [c.tx_hash for c in changes],
         [c.block_number for c in changes],
     )
+    for row in volumes:
+        if row["tokens"] is not None:
+            metrics.TRANSFER_VOLUME.labels(route=row["route"], status=row["status"]).inc(row["tokens"])
+    highest: int = volumes[0]["highest"]
     await conn.execute("SELECT pg_notify($1, $2)", CHANGES_CHANNEL, str(highest))
     return highest

@@ -33,22 +33,26 @@ CHAIN = 'chain=~"$chain"'
 ROUTE = 'route=~"$route"'
 RATE = "$__rate_interval"
 TRANSITIONS = "ferry_transfer_transitions_total"
+VOLUME = "ferry_transfer_volume_tokens_total"
 
 
 def transfers() -> dashboard.Dashboard:
     board = p.new_dashboard(
         "ferry-transfers",
         "Ferry / Transfers",
-        "Transfers by route and status over time, success rate, lock→release latency, held and failed.",
+        "Transfers and volume by route and status over time, success rate, lock→release latency,"
+        " held and failed.",
     ).with_variable(p.prom_variable("route", "route", "ferry_transfer_transitions_total"))
-    entering = (
-        f'sum by (route) (increase(ferry_transfer_transitions_total{{{ROUTE}, status="%s"}}[$__range]))'
-    )
+    entering = f'sum(increase(%s{{{ROUTE}, status="%s"}}[$__range]))'
     for panel in (
-        p.single("Locked (range)", p.promql(entering.replace("sum by (route) ", "sum ") % "PENDING")),
-        p.single("Released (range)", p.promql(entering.replace("sum by (route) ", "sum ") % "RELEASED")),
-        p.single("Held (range)", p.promql(entering.replace("sum by (route) ", "sum ") % "HELD")),
-        p.single("Failed (range)", p.promql(entering.replace("sum by (route) ", "sum ") % "FAILED")),
+        p.single("Locked (range)", p.promql(entering % (TRANSITIONS, "PENDING")), width=4),
+        p.single("Released (range)", p.promql(entering % (TRANSITIONS, "RELEASED")), width=4),
+        p.single("Held (range)", p.promql(entering % (TRANSITIONS, "HELD")), width=4),
+        p.single("Failed (range)", p.promql(entering % (TRANSITIONS, "FAILED")), width=4),
+        # NOTE: token units summed over the selected routes: one token per route, so pick
+        # routes of one token for a meaningful total.
+        p.single("Volume locked (range, tokens)", p.promql(entering % (VOLUME, "PENDING")), width=4),
+        p.single("Volume released (range, tokens)", p.promql(entering % (VOLUME, "RELEASED")), width=4),
         p.series(
             "Transfers entering each status",
             p.promql(
@@ -58,6 +62,10 @@ def transfers() -> dashboard.Dashboard:
             unit="ops",
         ),
         p.series(
+            "Volume entering each status (tokens per second)",
+            p.promql(f"sum by (route, status) (rate({VOLUME}{{{ROUTE}}}[{RATE}]))", "{{route}} {{status}}"),
+        ),
+        p.series(
             "Success rate (released / released + failed)",
             p.promql(
                 f'sum by (route) (rate({TRANSITIONS}{{{ROUTE}, status="RELEASED"}}[{RATE}]))'
@@ -65,6 +73,13 @@ def transfers() -> dashboard.Dashboard:
                 "{{route}}",
             ),
             unit="percentunit",
+        ),
+        p.series(
+            "Held and failed",
+            p.promql(
+                f'sum by (route, status) (increase({TRANSITIONS}{{{ROUTE}, status=~"HELD|FAILED"}}[{RATE}]))',
+                "{{route}} {{status}}",
+            ),
         ),
         p.series(
             "Lock → release latency",
@@ -84,13 +99,7 @@ def transfers() -> dashboard.Dashboard:
             "SELECT date_trunc('hour', locked_at) AS time, route_id AS metric, sum(amount_tokens) AS value"
             " FROM analytics.transfers WHERE $__timeFilter(locked_at) AND status <> 'ORPHANED'"
             " GROUP BY 1, 2 ORDER BY 1",
-        ),
-        p.series(
-            "Held and failed",
-            p.promql(
-                f'sum by (route, status) (increase({TRANSITIONS}{{{ROUTE}, status=~"HELD|FAILED"}}[{RATE}]))',
-                "{{route}} {{status}}",
-            ),
+            width=24,
         ),
     ):
         board = board.with_panel(panel)
@@ -101,7 +110,7 @@ def chains() -> dashboard.Dashboard:
     board = p.new_dashboard(
         "ferry-chains",
         "Ferry / Chains",
-        "Per-chain indexer detail: head, indexed block, lag, events, errors.",
+        "Per-chain indexer detail: head, indexed block, lag, backfill progress, events, errors, reorgs.",
     ).with_variable(p.prom_variable("chain", "chain", "ferry_chain_head_block"))
     for panel in (
         p.series(
@@ -111,6 +120,7 @@ def chains() -> dashboard.Dashboard:
         ),
         p.series("Lag (blocks)", p.promql(f"ferry_indexer_lag_blocks{{{CHAIN}}}", "{{chain}}")),
         p.series("Lag (seconds)", p.promql(f"ferry_indexer_lag_seconds{{{CHAIN}}}", "{{chain}}"), unit="s"),
+        backfill_progress(),
         p.series(
             "Leader and watchdog",
             p.promql(f"max by (chain) (ferry_indexer_leader{{{CHAIN}}})", "leader held {{chain}}"),
@@ -159,11 +169,20 @@ def chains() -> dashboard.Dashboard:
                 p.quantile(0.99, "ferry_indexer_reorg_depth_blocks_bucket", "chain", CHAIN),
                 "{{chain}}",
             ),
-            width=24,
         ),
     ):
         board = board.with_panel(panel)
     return board
+
+
+def backfill_progress(width: int = 12) -> p.Panel:
+    """Share of the current backfill committed per chain (1 when there is none or it is done)."""
+    return p.series(
+        "Backfill progress",
+        p.promql(f"max by (chain) (ferry_indexer_backfill_progress{{{CHAIN}}})", "{{chain}}"),
+        unit="percentunit",
+        width=width,
+    )
 
 
 DASHBOARDS: dict[str, Callable[[], dashboard.Dashboard]] = {

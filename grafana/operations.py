@@ -31,7 +31,9 @@ def operations() -> dashboard.Dashboard:
         board = board.with_panel(panel)
     board = board.with_row(dashboard.Row("Indexer"))
     for panel in (
-        p.series("Indexer lag (blocks)", p.promql(f"ferry_indexer_lag_blocks{{{CHAIN}}}", "{{chain}}")),
+        p.series(
+            "Indexer lag (blocks)", p.promql(f"ferry_indexer_lag_blocks{{{CHAIN}}}", "{{chain}}"), width=8
+        ),
         p.series(
             "Indexer errors",
             p.promql(
@@ -39,6 +41,13 @@ def operations() -> dashboard.Dashboard:
                 "{{chain}} {{kind}}",
             ),
             unit="ops",
+            width=8,
+        ),
+        p.series(
+            "Backfill progress",
+            p.promql(f"max by (chain) (ferry_indexer_backfill_progress{{{CHAIN}}})", "{{chain}}"),
+            unit="percentunit",
+            width=8,
         ),
     ):
         board = board.with_panel(panel)
@@ -52,7 +61,7 @@ def operations() -> dashboard.Dashboard:
         p.series(
             "Release transactions by outcome",
             p.promql(
-                f"sum by (chain, outcome) (rate(ferry_relayer_releases_total[{RATE}]))",
+                f"sum by (chain, outcome) (rate(ferry_relayer_releases_total{{{CHAIN}}}[{RATE}]))",
                 "{{chain}} {{outcome}}",
             ),
             unit="ops",
@@ -63,14 +72,14 @@ def operations() -> dashboard.Dashboard:
             unit="ops",
         ),
         p.series(
-            "Relay queue depth (per target chain id)",
-            p.promql("sum by (chain) (ferry_relayer_queue_depth)", "{{chain}}"),
+            "Relay queue depth (per target chain)",
+            p.promql(f"sum by (chain) (ferry_relayer_queue_depth{{{CHAIN}}})", "{{chain}}"),
         ),
         p.series(
             "Release transactions in flight",
-            p.promql("sum by (chain) (ferry_relayer_txs_in_flight)", "in flight {{chain}}"),
+            p.promql(f"sum by (chain) (ferry_relayer_txs_in_flight{{{CHAIN}}})", "in flight {{chain}}"),
             p.promql(
-                f"sum by (chain) (rate(ferry_relayer_replacements_total[{RATE}]))",
+                f"sum by (chain) (rate(ferry_relayer_replacements_total{{{CHAIN}}}[{RATE}]))",
                 "replaced {{chain}}",
                 ref_id="B",
             ),
@@ -84,7 +93,7 @@ def operations() -> dashboard.Dashboard:
         ),
         p.series(
             "Submitter gas balance (native units)",
-            p.promql("ferry_relayer_submitter_balance_wei / 1e18", "{{chain}}"),
+            p.promql(f"ferry_relayer_submitter_balance_wei{{{CHAIN}}} / 1e18", "{{chain}}"),
         ),
     ):
         board = board.with_panel(panel)

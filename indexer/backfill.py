@@ -37,12 +37,15 @@ from indexer.endpoints import is_rate_limit
 
 if TYPE_CHECKING:
     from indexer.follower import Follower
+    from indexer.store import Cursor
 
 log = logging.getLogger(__name__)
 
 BACKFILL_CONCURRENCY = 4
 #: Logs per eth_getLogs answer the range sizing aims at.
-TARGET_LOGS = 10_000
+TARGET_LOGS = 5_000
+#: Logs fetched or awaiting their commit at once, at most (about; it bounds the memory).
+LOGS_IN_FLIGHT = 20_000
 PROGRESS_EVERY = 5.0
 #: Blocks in the first backfill range (then doubled while answers stay small).
 FIRST_RANGE = 16
@@ -58,55 +61,107 @@ def is_range_limit(exc: BaseException) -> bool:
 
 
 class RangeSizer:
-    """Blocks per ``eth_getLogs``: halves after a big answer or a range error, doubles after small ones."""
+    """Blocks per ``eth_getLogs``: halves after a big answer or a range error, doubles after small ones.
+
+    It also bounds what is in flight (memory): one range until the first answer shows
+    how dense the chain is, then up to ``BACKFILL_CONCURRENCY`` ranges, fewer when
+    their expected logs would pass ``LOGS_IN_FLIGHT``.
+    """
 
     def __init__(self, limit: int) -> None:
         # NOTE: start small and double: a few small answers cost less than one huge one.
         self.limit, self.size = limit, min(limit, FIRST_RANGE)
+        self.logs_per_block: float | None = None
 
     def observe(self, blocks: int, logs: int) -> None:
+        self.logs_per_block = logs / max(blocks, 1)
         if logs > 2 * TARGET_LOGS:
             self.size = max(1, min(self.size, blocks // 2))
         elif logs < TARGET_LOGS // 4 and blocks >= self.size:
             self.size = min(self.limit, self.size * 2)
+
+    def may_start(self, in_flight: int) -> bool:
+        """Whether another range may be fetched while ``in_flight`` ranges are fetched or awaited."""
+        if self.logs_per_block is None:
+            return in_flight == 0
+        expected = max(self.logs_per_block * self.size, 1.0)
+        return in_flight < max(1, min(BACKFILL_CONCURRENCY, int(LOGS_IN_FLIGHT // expected)))
 
     def shrink(self, blocks: int) -> None:
         self.size = max(1, min(self.size, blocks // 2))
 
 
 async def backfill(follower: Follower, *, progress: bool = False) -> int:
-    """Commit every range up to the backfill target; returns the number of locks committed."""
+    """Commit every range up to the backfill target, then the final blocks above it; returns the locks."""
     rpc = await follower.endpoints.client()
     head = await rpc.block_number()
     target = await _target(follower, rpc, head)
     cursor = await follower.load_cursor()
-    if cursor.block >= target:
-        return 0
-    meter = Progress(follower.chain.name, cursor.block, target, progress)
+    final = head - follower.chain.confirmations + 1
+    if cursor.block >= head or (follower.chain.finality == "confirmations" and cursor.block >= final):
+        return 0  # NOTE: no final block above the cursor: nothing for the backfill
+    meter = Progress(follower.chain.name, cursor.block, head, progress)
+    locks = await _deep(follower, rpc, cursor, target, head, meter) if cursor.block < target else 0
+    locks += await _final_near_head(follower, meter, locks)
+    meter.done(locks)
+    return locks
+
+
+async def _deep(
+    follower: Follower, rpc: RpcClient, cursor: Cursor, target: int, head: int, meter: Progress
+) -> int:
+    """Blocks up to ``target``: concurrent fetches (bounded by ranges and logs in flight), ordered commits."""
     sizer = RangeSizer(follower.chain.log_range)
-    in_flight: deque[asyncio.Task[ChainRange]] = deque()
+    in_flight: deque[tuple[int, asyncio.Task[ChainRange]]] = deque()
     next_first, locks = cursor.block + 1, 0
     try:
         while next_first <= target or in_flight:
-            while len(in_flight) < BACKFILL_CONCURRENCY and next_first <= target:
+            while sizer.may_start(len(in_flight)) and next_first <= target:
                 last = min(target, next_first + sizer.size - 1)
-                in_flight.append(asyncio.create_task(_fetch(follower, rpc, sizer, next_first, last, head)))
+                task = asyncio.create_task(_fetch(follower, rpc, sizer, next_first, last, head))
+                in_flight.append((last - next_first + 1, task))
                 next_first = last + 1
-            chain_range = await in_flight.popleft()
+            chain_range = await in_flight.popleft()[1]
             if breaks_continuity(cursor.hash, chain_range):
                 return locks  # NOTE: the chain moved under us: the regular steps handle it
             result = await follower.commit(cursor.block, chain_range, backfill=True)
             follower.observe(result, chain_range)
+            del chain_range  # NOTE: free the range's events before the next fetch starts (memory)
             follower.progressed(result)
             cursor = await follower.load_cursor()
             locks += result.new_transfers
-            meter.update(chain_range.last, locks)
+            meter.update(cursor.block, locks)
     finally:
-        for task in in_flight:
+        for _, task in in_flight:
             task.cancel()
-        await asyncio.gather(*in_flight, return_exceptions=True)
-    meter.done(locks)
+        await asyncio.gather(*(task for _, task in in_flight), return_exceptions=True)
     return locks
+
+
+async def _final_near_head(follower: Follower, meter: Progress, locks: int) -> int:
+    """The dense window's ranges that hold final locks, read like a step, their final locks CONFIRMED.
+
+    A regular step would insert them PENDING and move each one to CONFIRMED in the same
+    transaction (one UPDATE per transfer); a range read here is read exactly as a step
+    reads it (dense headers, the re-read of its last header) and committed the same way,
+    but its locks at or below the finality line go in CONFIRMED at once, with their one
+    history row, like the deep ranges'. Stops at the head, at a reorg (left to the steps),
+    or when the next range holds no final block.
+    """
+    new = 0
+    while True:
+        cursor = await follower.load_cursor()
+        chain_range = await follower.reader.read_range(cursor.block)
+        final = chain_range.head - follower.chain.confirmations + 1
+        if chain_range.finalized is not None:
+            final = chain_range.finalized
+        if chain_range.empty or chain_range.first > final or breaks_continuity(cursor.hash, chain_range):
+            return new
+        result = await follower.commit(cursor.block, chain_range, backfill=True)
+        follower.observe(result, chain_range)
+        follower.progressed(result)
+        new += result.new_transfers
+        meter.update(chain_range.last, locks + new)
 
 
 async def _target(follower: Follower, rpc: RpcClient, head: int) -> int:

@@ -51,7 +51,8 @@ class Due:
 
 
 async def register_chains(conn: asyncpg.Connection, chains: Sequence[ChainConfig]) -> None:
-    """Insert unseen chains with the cursor just before their first bridge; never move a cursor back."""
+    """Insert unseen chains with the cursor just before their first bridge (never moving a cursor
+    back), and their tokens with the chains file's decimals."""
     await conn.execute(
         """
         INSERT INTO chains (chain_id, name, indexed_block)
@@ -61,6 +62,22 @@ async def register_chains(conn: asyncpg.Connection, chains: Sequence[ChainConfig
         [c.id for c in chains],
         [c.name for c in chains],
         [min(d.start_block for d in c.bridges.values()) - 1 for c in chains],
+    )
+    # NOTE: the tokens' decimals, for the analytics views and the volume metric (migration 0007).
+    tokens = [(c.id, symbol, d) for c in chains for symbol, d in c.bridges.items()]
+    await conn.execute(
+        """
+        INSERT INTO tokens (chain_id, symbol, token_address, bridge, decimals)
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[])
+        ON CONFLICT (chain_id, symbol) DO UPDATE
+           SET token_address = EXCLUDED.token_address, bridge = EXCLUDED.bridge,
+               decimals = EXCLUDED.decimals, updated_at = now()
+        """,
+        [t[0] for t in tokens],
+        [t[1] for t in tokens],
+        [t[2].token.lower() for t in tokens],
+        [t[2].bridge.lower() for t in tokens],
+        [t[2].decimals for t in tokens],
     )
 
 

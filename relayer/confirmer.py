@@ -63,7 +63,7 @@ GAP_CHECK_SECONDS = 2.0
 class Confirmer:
     def __init__(self, submitter: ChainSubmitter) -> None:
         self.s = submitter
-        self.label = str(submitter.chain.id)
+        self.label = submitter.chain.name
         self._block_times: dict[int, datetime] = {}
         self._next_gap_check = 0.0
         self._last_head = -1

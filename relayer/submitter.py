@@ -160,7 +160,7 @@ class ChainSubmitter:
         self.next_nonce = 0
         self.leading = False
         self._next_balance_check = 0.0
-        self._label = str(chain.id)
+        self._label = chain.name
 
     # ------------------------------------------------------------ leadership
 

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -285,6 +286,11 @@ def test_analytics_views_tell_the_story_of_the_run(observed: Observed) -> None:
         assert by_id[observed.held][0] == "HELD"
         assert by_id[observed.held][2]
         assert by_id[observed.failed][0] == "FAILED"
+        # NOTE: locks were N tokens + 1 base unit; amounts use the token's decimals, exactly.
+        amount, decimals = conn.execute(
+            "SELECT amount_tokens, decimals FROM analytics.transfers WHERE id = %s", (observed.released[0],)
+        ).fetchone() or (None, None)
+        assert (amount, decimals) == (Decimal("3.000000000000000001"), 18)
         history = conn.execute(
             "SELECT to_status FROM analytics.status_history WHERE transfer_id = %s ORDER BY id",
             (observed.released[0],),
@@ -302,6 +308,7 @@ def test_analytics_views_tell_the_story_of_the_run(observed: Observed) -> None:
         "SELECT * FROM public.transfers",
         "SELECT raw_tx FROM public.release_attempts",
         "SELECT * FROM public.operator_requests",
+        "SELECT * FROM public.tokens",
         "SELECT * FROM public.transfer_status_history",
         "SELECT * FROM public.alembic_version",
         # NOTE: analytics.routes is an automatically updatable view: only privileges stop these.
@@ -377,6 +384,47 @@ def test_every_metric_of_dashboards_and_alerts_has_series_in_prometheus(observed
     assert not missing, {m: needed[m] for m in missing}
     up = httpx.get(f"{observed.prometheus}/api/v1/query", params={"query": 'up{job=~"ferry-.*"} == 1'})
     assert len(up.json()["data"]["result"]) == 3, up.text
+
+
+def _instant(prometheus: str, expr: str) -> dict[str, float]:
+    """An instant query's result as {first label value (or ""): value}."""
+    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr})
+    response.raise_for_status()
+    return {
+        next(iter(r["metric"].values()), ""): float(r["value"][1]) for r in response.json()["data"]["result"]
+    }
+
+
+def test_volume_by_route_and_status_reaches_prometheus_in_token_units(observed: Observed) -> None:
+    # Released by the real processes: 3 + 250 tokens one way, 40 the other; the two locks to a
+    # chain no route serves (5 and 7 tokens) were HELD under the bounded route label "unrouted".
+    wanted = {
+        'sum by (route) (ferry_transfer_volume_tokens_total{status="RELEASED"})': {
+            "FTT:31337-31338": 253.0,
+            "FTT:31338-31337": 40.0,
+        },
+        'sum by (route) (ferry_transfer_volume_tokens_total{status="HELD"})': {"unrouted": 12.0},
+    }
+    deadline = time.monotonic() + 30
+    seen: dict[str, dict[str, float]] = {}
+    while time.monotonic() < deadline:
+        seen = {expr: _instant(observed.prometheus, expr) for expr in wanted}
+        if all(
+            {k: v for k, v in seen[expr].items() if v} == pytest.approx(values)
+            for expr, values in wanted.items()
+        ):
+            return
+        time.sleep(1)
+    raise AssertionError(f"volume in Prometheus {seen}, wanted {wanted}")
+
+
+def test_every_chain_label_is_a_chain_name(observed: Observed) -> None:
+    names = {chain.name for chain in observed.network.config.chains}
+    labels = _instant(observed.prometheus, 'count by (chain) ({__name__=~"ferry_.+", chain!=""})')
+    assert set(labels) == names
+    # The relayer's chain metrics among them (they used to carry the chain id).
+    relayer = _instant(observed.prometheus, 'count by (chain) ({__name__=~"ferry_relayer_.+", chain!=""})')
+    assert set(relayer) == names
 
 
 def _log_lines(path: Path) -> list[dict[str, Any]]:

@@ -4,8 +4,9 @@
   never on a concurrent task's lines.
 - ``with_event_loop_watch`` records a blocked event loop as lag.
 - ``observability.prepare`` makes the series a process counts into exist at 0.
-- The analytics migration is safe on a cluster where the analyst role already
-  exists (tests and deployments create many databases), and reversible.
+- The analytics migrations are safe on a cluster where the analyst role already
+  exists (tests and deployments create many databases), and reversible (0007,
+  token decimals, down to 0006's views and back).
 """
 
 from __future__ import annotations
@@ -129,12 +130,17 @@ def test_prepare_creates_zero_series_for_every_chain_and_route(dev_chains: DevNe
             labels = {"chain": chain.name, "kind": kind}
             assert REGISTRY.get_sample_value("ferry_indexer_errors_total", labels) is not None
         assert REGISTRY.get_sample_value("ferry_indexer_deep_reorgs_total", {"chain": chain.name}) is not None
-        labels = {"chain": str(chain.id), "outcome": "mined"}
+        # NOTE: the relayer labels by chain name too, like the indexer (one `chain` label everywhere).
+        labels = {"chain": chain.name, "outcome": "mined"}
         assert REGISTRY.get_sample_value("ferry_relayer_releases_total", labels) is not None
+        assert (
+            REGISTRY.get_sample_value("ferry_relayer_replacements_total", {"chain": chain.name}) is not None
+        )
     for route in config.routes:
         for status in ("PENDING", "CONFIRMED", "SUBMITTED", "RELEASED", "HELD", "FAILED"):
             labels = {"route": route.route_id, "status": status}
             assert REGISTRY.get_sample_value("ferry_transfer_transitions_total", labels) is not None
+            assert REGISTRY.get_sample_value("ferry_transfer_volume_tokens_total", labels) is not None
         count = REGISTRY.get_sample_value("ferry_lock_to_release_seconds_count", {"route": route.route_id})
         assert count is not None
 
@@ -158,19 +164,36 @@ def _analytics_views(url: str) -> set[str]:
         return {r[0] for r in rows}
 
 
+def _columns(url: str, view: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = 'analytics' AND table_name = %s ORDER BY ordinal_position",
+            (view,),
+        )
+        return [r[0] for r in rows]
+
+
 def test_analytics_migration_reuses_the_role_and_reverses(database_url: str, second_database: str) -> None:
     upgrade(second_database)  # the role already exists: database_url's migration made it
-    assert _analytics_views(second_database) == {
-        "transfers",
-        "daily_volume",
-        "status_history",
-        "routes",
-        "chains",
-    }
+    views_0006 = {"transfers", "daily_volume", "status_history", "routes", "chains"}
+    assert _analytics_views(second_database) == views_0006 | {"tokens"}
     with psycopg.connect(second_database) as conn:
         conn.execute("SET ROLE ferry_analyst")
         assert conn.execute("SELECT count(*) FROM analytics.transfers").fetchone() == (0,)
-    command.downgrade(alembic_config(second_database), "0006@-1")
+        assert conn.execute("SELECT count(*) FROM analytics.tokens").fetchone() == (0,)
+    transfer_columns = _columns(second_database, "transfers")
+    assert transfer_columns[-1] == "decimals"
+    # 0007 down: the views as 0006 made them (no decimals column), still readable by the analyst.
+    command.downgrade(alembic_config(second_database), "0006")
+    assert _analytics_views(second_database) == views_0006
+    assert _columns(second_database, "transfers") == transfer_columns[:-1]
+    with psycopg.connect(second_database) as conn:
+        conn.execute("SET ROLE ferry_analyst")
+        assert conn.execute("SELECT count(*) FROM analytics.transfers").fetchone() == (0,)
+    upgrade(second_database)
+    assert _columns(second_database, "transfers") == transfer_columns
+    command.downgrade(alembic_config(second_database), "0005")
     assert _analytics_views(second_database) == set()
     upgrade(second_database)
     assert "daily_volume" in _analytics_views(second_database)

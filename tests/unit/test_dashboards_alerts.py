@@ -75,12 +75,12 @@ CASES = [
     Case("FerryDeepReorg", {'ferry_indexer_deep_reorgs_total{chain="local-a"}': "0x5"}, "4m"),
     Case(
         "FerryRelayerQueueGrowing",
-        {'ferry_relayer_queue_depth{chain="31338"}': "11+1x40"},
+        {'ferry_relayer_queue_depth{chain="local-b"}': "11+1x40"},
         "35m",
-        {"chain": "31338", "severity": "warning"},
-        "46 transfers wait for the submitter of chain 31338, and more keep coming",
+        {"chain": "local-b", "severity": "warning"},
+        "46 transfers wait for the submitter of chain local-b, and more keep coming",
     ),
-    Case("FerryRelayerQueueGrowing", {'ferry_relayer_queue_depth{chain="31338"}': "50-1x40"}, "35m"),
+    Case("FerryRelayerQueueGrowing", {'ferry_relayer_queue_depth{chain="local-b"}': "50-1x40"}, "35m"),
     Case(
         "FerryRelayerBacklogGrowing",
         {
@@ -101,12 +101,12 @@ CASES = [
     ),
     Case(
         "FerrySubmitterBalanceLow",
-        {'ferry_relayer_submitter_balance_low{chain="31338"}': "1x10"},
+        {'ferry_relayer_submitter_balance_low{chain="local-b"}': "1x10"},
         "7m",
-        {"chain": "31338", "severity": "critical"},
-        "the relayer's submitting account on chain 31338 is below min_submitter_balance",
+        {"chain": "local-b", "severity": "critical"},
+        "the relayer's submitting account on chain local-b is below min_submitter_balance",
     ),
-    Case("FerrySubmitterBalanceLow", {'ferry_relayer_submitter_balance_low{chain="31338"}': "0x10"}, "7m"),
+    Case("FerrySubmitterBalanceLow", {'ferry_relayer_submitter_balance_low{chain="local-b"}': "0x10"}, "7m"),
     Case(
         "FerryRoutePaused",
         {f"ferry_route_paused{{{ROUTE}}}": "0 1 1 1 1 1 1 1 1"},

@@ -99,6 +99,7 @@ async def backfill(follower: Follower, *, progress: bool = False) -> int:
     cursor = await follower.load_cursor()
     final = head - follower.chain.confirmations + 1
     if cursor.block >= head or (follower.chain.finality == "confirmations" and cursor.block >= final):
+        metrics.BACKFILL_PROGRESS.labels(chain=follower.chain.name).set(1)  # NOTE: nothing to do: done
         return 0  # NOTE: no final block above the cursor: nothing for the backfill
     meter = Progress(follower.chain.name, cursor.block, head, progress)
     locks = await _deep(follower, rpc, cursor, target, head, meter) if cursor.block < target else 0

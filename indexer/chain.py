@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ferry.contracts import TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC
-from ferry.rpc import RpcClient, RpcGarbage, quantity
+from ferry.rpc import RpcClient, RpcError, RpcGarbage, quantity
 from ferry.settings import ChainConfig
 from indexer.bloom import may_contain
 from indexer.decode import BridgeEvent, LockEvent, ReleaseEvent, decode_log
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 HEADER_BATCH = 100
 #: Blocks beyond twice the confirmations whose headers are kept dense near the head.
 DENSE_MARGIN = 16
+#: Most blocks read by their hinted hashes in one step (more: the regular path by number).
+HINTED_BLOCKS = 16
 
 
 class EmptyLogsSuspect(RpcGarbage):
@@ -75,14 +77,23 @@ class ChainReader:
         self.endpoints = endpoints
         self._bridges = sorted(d.bridge.lower() for d in chain.bridges.values())
         self._suspect_empty: set[tuple[int, int]] = set()
+        #: Ranges read by hinted hashes (one round trip), for tests and debugging.
+        self.hinted_reads = 0
 
-    async def read_range(self, cursor: int) -> ChainRange:
+    async def read_range(self, cursor: int, hints: Mapping[int, BlockHeader] | None = None) -> ChainRange:
         """The next range after ``cursor`` (at most ``log_range`` blocks), or an empty one at the head.
 
         An empty range carries the header of the cursor's block, so the caller can see a
         reorg that replaced the indexed tip even while no new block arrives.
+
+        ``hints`` are headers a ``newHeads`` subscription announced: when they cover the
+        next few blocks, those are read by hash (``read_hinted``), one round trip.
         """
         rpc = await self.endpoints.client()
+        if hints:
+            hinted = await self.read_hinted(rpc, cursor, hints)
+            if hinted is not None:
+                return hinted
         head = await rpc.block_number()
         finalized = await self._finalized(rpc)
         first, last = cursor + 1, min(head, cursor + self.chain.log_range)
@@ -114,6 +125,60 @@ class ChainReader:
             finalized,
         )
 
+    async def read_hinted(
+        self, rpc: RpcClient, cursor: int, hints: Mapping[int, BlockHeader]
+    ) -> ChainRange | None:
+        """The blocks after ``cursor`` that ``hints`` cover, their logs read by block hash; None otherwise.
+
+        The hinted headers must cover ``cursor+1 ..`` the newest hint (at most
+        ``HINTED_BLOCKS``) and link by parent hash; the caller checks the first one
+        against the indexed tip. ``eth_getLogs`` by ``blockHash`` answers exactly that
+        block's logs, so no head, header or re-read is needed. A node that does not know
+        the block yet (another provider than the WebSocket's) answers an error, or an
+        empty list that the block's bloom contradicts: then None, and the caller reads
+        by number as usual.
+        """
+        head = max(hints)
+        first, last = cursor + 1, min(head, cursor + self.chain.log_range)
+        if last < first or last - first >= HINTED_BLOCKS:
+            return None
+        headers = {n: hints[n] for n in range(first, last + 1) if n in hints}
+        if len(headers) != last - first + 1 or any(
+            headers[n].parent_hash != headers[n - 1].hash for n in range(first + 1, last + 1)
+        ):
+            return None
+        finalized = await self._finalized(rpc)
+        topics = [[TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC]]
+        filters = [
+            {"address": self._bridges, "topics": topics, "blockHash": headers[n].hash}
+            for n in range(first, last + 1)
+        ]
+        try:
+            if len(filters) == 1:
+                answers = [await rpc.call("eth_getLogs", filters[0])]
+            else:
+                answers = await rpc.batch([("eth_getLogs", [f]) for f in filters])
+        except RpcError:
+            return None
+        events: list[BridgeEvent] = []
+        for answer in answers:
+            if not isinstance(answer, list):
+                raise RpcGarbage(f"{rpc.name}: eth_getLogs answered a {type(answer).__name__}, not a list")
+            events.extend(self._decode(raw, first, last) for raw in answer if not _removed(raw))
+        _check_same_blocks(events, headers)
+        if not events and any(self._may_hold_ours(h) for h in headers.values()):
+            return None  # NOTE: a node that does not have the block yet may answer []: read by number
+        self.hinted_reads += 1
+        return ChainRange(
+            head,
+            first,
+            last,
+            tuple(e for e in events if isinstance(e, LockEvent)),
+            tuple(e for e in events if isinstance(e, ReleaseEvent)),
+            headers,
+            finalized,
+        )
+
     async def read_between(self, rpc: RpcClient, first: int, last: int, head: int) -> ChainRange:
         """Blocks ``first..last``, deep below the head (a backfill): headers only where needed."""
         raw_logs = await rpc.get_logs(
@@ -128,10 +193,12 @@ class ChainReader:
         releases = tuple(e for e in events if isinstance(e, ReleaseEvent))
         return ChainRange(head, first, last, locks, releases, headers)
 
+    def _may_hold_ours(self, header: BlockHeader) -> bool:
+        return may_contain(header.logs_bloom, self._bridges, (TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC))
+
     def _check_empty(self, rpc: RpcClient, first: int, last: int, headers: Iterable[BlockHeader]) -> None:
         """An empty answer must agree with the blooms of the headers at hand (once; see indexer.bloom)."""
-        topics = (TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC)
-        if not any(may_contain(h.logs_bloom, self._bridges, topics) for h in headers):
+        if not any(self._may_hold_ours(h) for h in headers):
             return
         if (first, last) in self._suspect_empty:
             self._suspect_empty.discard((first, last))

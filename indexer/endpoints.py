@@ -14,8 +14,9 @@ the step went (``succeeded`` / ``failed``). Rules:
   the endpoint stays, and every call on it first waits a throttle delay that
   doubles on each limit and halves on each success.
 
-Metrics are labelled by chain and endpoint *index* (the order in ``rpc_urls``),
-never by URL: URLs often carry API keys.
+Metrics are labelled by chain and endpoint *index* (the position in ``rpc_urls``,
+counting ``ws://`` entries too, which ``indexer.heads`` follows), never by URL:
+URLs often carry API keys.
 """
 
 from __future__ import annotations
@@ -51,10 +52,11 @@ def is_rate_limit(exc: BaseException) -> bool:
 
 @dataclass
 class Endpoint:
-    """One endpoint's client and health."""
+    """One endpoint's client and health; ``label`` is its index in ``rpc_urls`` (for metrics)."""
 
     index: int
     client: RpcClient
+    label: str = ""
     verified: bool = False
     failures: int = 0
     down_until: float = 0.0
@@ -72,13 +74,13 @@ class Endpoints:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.chain = chain
-        built = list(clients) if clients is not None else _http_clients(chain)
-        self._endpoints = [Endpoint(i, rpc) for i, rpc in enumerate(built)]
+        built = list(enumerate(clients)) if clients is not None else _http_clients(chain)
+        self._endpoints = [Endpoint(i, rpc, str(position)) for i, (position, rpc) in enumerate(built)]
         self._clock = clock
         self._index = 0
         for endpoint in self._endpoints:
-            endpoint.client.observer = self._observer(endpoint.index)
-            metrics.ENDPOINT_UP.labels(chain=chain.name, endpoint=str(endpoint.index)).set(1)
+            endpoint.client.observer = self._observer(endpoint.label)
+            metrics.ENDPOINT_UP.labels(chain=chain.name, endpoint=endpoint.label).set(1)
 
     @property
     def current(self) -> Endpoint:
@@ -127,7 +129,7 @@ class Endpoints:
             self._set_up(endpoint, False)
             self.rotate()
             kind = "garbage" if garbage else "unavailable"
-        metrics.RPC_ERRORS.labels(chain=self.chain.name, endpoint=str(endpoint.index), kind=kind).inc()
+        metrics.RPC_ERRORS.labels(chain=self.chain.name, endpoint=endpoint.label, kind=kind).inc()
         return kind
 
     def rotate(self) -> None:
@@ -165,11 +167,11 @@ class Endpoints:
         return min(self._endpoints, key=lambda e: e.down_until).index
 
     def _set_up(self, endpoint: Endpoint, up: bool) -> None:
-        metrics.ENDPOINT_UP.labels(chain=self.chain.name, endpoint=str(endpoint.index)).set(1 if up else 0)
+        metrics.ENDPOINT_UP.labels(chain=self.chain.name, endpoint=endpoint.label).set(1 if up else 0)
 
-    def _observer(self, index: int) -> Callable[[str, float, BaseException | None], None]:
-        requests = metrics.RPC_REQUESTS.labels(chain=self.chain.name, endpoint=str(index))
-        latency = metrics.RPC_LATENCY.labels(chain=self.chain.name, endpoint=str(index))
+    def _observer(self, label: str) -> Callable[[str, float, BaseException | None], None]:
+        requests = metrics.RPC_REQUESTS.labels(chain=self.chain.name, endpoint=label)
+        latency = metrics.RPC_LATENCY.labels(chain=self.chain.name, endpoint=label)
 
         def observe(_method: str, seconds: float, _error: BaseException | None) -> None:
             requests.inc()
@@ -178,11 +180,12 @@ class Endpoints:
         return observe
 
 
-def _http_clients(chain: ChainConfig) -> list[RpcClient]:
-    urls = [url for url in chain.rpc_urls if url.startswith(("http://", "https://"))]
+def _http_clients(chain: ChainConfig) -> list[tuple[int, RpcClient]]:
+    """The HTTP endpoints with their positions in ``rpc_urls`` (WebSocket ones are for new heads)."""
+    urls = [(i, url) for i, url in enumerate(chain.rpc_urls) if url.startswith(("http://", "https://"))]
     if not urls:
         raise ConfigError(
-            f"chain {chain.name} lists only WebSocket rpc_urls; the indexer needs at least one "
-            "http:// or https:// endpoint"
+            f"chain {chain.name} lists only WebSocket rpc_urls; the indexer reads logs over HTTP and "
+            "follows new heads over WebSocket: add the provider's http:// or https:// endpoint too"
         )
-    return [RpcClient(url) for url in urls]
+    return [(i, RpcClient(url)) for i, url in urls]

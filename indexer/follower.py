@@ -3,7 +3,10 @@
 Each ``step`` is one iteration, easy to drive from tests:
 
 1. load the cursor (``chains.indexed_block``) from the database: the database,
-   not this object, holds the state, so a restarted or second follower resumes;
+   not this object, holds the state, so a restarted or second follower resumes
+   (after its own commit a step keeps the cursor it wrote and skips that query:
+   the commit's guard below catches anyone else moving it, and any failure,
+   rollback or backfill drops the kept cursor);
 2. read ``cursor+1 .. min(head, cursor+log_range)`` from the chain
    (``ChainReader``): bridge logs, the headers of blocks holding them and of the
    range's first and last block;
@@ -15,6 +18,16 @@ Each ``step`` is one iteration, easy to drive from tests:
 ``run`` loops over ``step`` and keeps going through failures: RPC trouble (an
 error, an unreachable node, garbage, a malformed log, a lagging node) rotates to
 the next endpoint with backoff; database trouble pauses and retries.
+
+Between steps at the head, ``run`` waits for a new head: from the chain's
+WebSocket ``newHeads`` subscription (``indexer.heads``) when ``rpc_urls`` lists
+one, at the latest after ``poll_interval`` seconds (the polling fallback, and
+the only source while the subscription is down). A notified header lets the
+step read that block's logs by hash in one round trip. Whatever woke it, a step
+reads from the cursor by number, so switching between the two loses no block.
+
+Every ``PRUNE_EVERY`` blocks of progress, a step also prunes the ``blocks``
+table below what a reorg walk needs (``indexer.pruning``): one ``DELETE`` by number.
 
 When the node's blocks do not build on the indexed tip, the step becomes a
 reorg check instead (``indexer.reorgs``): never on an endpoint whose head is
@@ -40,11 +53,12 @@ from ferry.domain import TransferStatus
 from ferry.rpc import RpcError, RpcGarbage, RpcUnavailable
 from ferry.settings import ChainConfig, ChainsConfig
 from ferry.transitions import Change, move_transfers
-from indexer import lifecycle, store
+from indexer import lifecycle, pruning, store
 from indexer.backfill import backfill
 from indexer.chain import BlockHeader, ChainMoved, ChainRange, ChainReader, breaks_continuity
 from indexer.decode import MalformedLog
 from indexer.endpoints import Endpoints
+from indexer.heads import Heads
 from indexer.reorgs import EndpointLagging, ReorgBeyondHistory, find_reorg
 from indexer.rollback import CursorMoved, Rollback, roll_back
 
@@ -99,13 +113,18 @@ class Follower:
         config: ChainsConfig,
         pool: asyncpg.Pool,
         endpoints: Endpoints | None = None,
+        heads: Heads | None = None,
     ) -> None:
         self.chain = chain
         self.config = config
         self.pool = pool
         self.endpoints = endpoints or Endpoints(chain)
+        self.heads = heads if heads is not None else Heads.for_chain(chain)
         self.reader = ChainReader(chain, self.endpoints)
         self._next_lag_check = 0.0
+        self._pruned_at: int | None = None
+        #: The cursor this follower's last step committed (None: read it from the database).
+        self._cursor: store.Cursor | None = None
         #: For the watchdog: the node's head and the indexed block last seen, and when the
         #: indexer last made progress (advanced, rolled back, or was at the head).
         self.head: int | None = None
@@ -114,8 +133,18 @@ class Follower:
 
     async def step(self) -> StepResult:
         """One iteration: read the next range and commit it (or roll back a reorg). Raises on failure."""
-        cursor = await self.load_cursor()
-        chain_range = await self.reader.read_range(cursor.block)
+        kept = self._cursor is not None
+        try:
+            return await self._step()
+        except CursorMoved:
+            if not kept:
+                raise
+            # NOTE: the kept cursor is stale (an operator's replay, another writer): read it and go again
+            return await self._step()
+
+    async def _step(self) -> StepResult:
+        cursor, self._cursor = self._cursor or await self.load_cursor(), None
+        chain_range = await self.reader.read_range(cursor.block, self.heads.hints() if self.heads else None)
         self.head = chain_range.head
         if chain_range.head < cursor.block:
             raise EndpointLagging(
@@ -128,9 +157,26 @@ class Follower:
             disputed = chain_range.headers[chain_range.last if chain_range.empty else chain_range.first]
             return await self._reorg(cursor, chain_range.head, disputed)
         result = await self.commit(cursor.block, chain_range)
+        tip = chain_range.headers.get(chain_range.last)
+        self._cursor = cursor if chain_range.empty or tip is None else store.Cursor(tip.number, tip.hash)
         self.observe(result, chain_range)
         self.progressed(result)
+        await self._prune(result.indexed_block, chain_range.finalized)
         return result
+
+    async def _prune(self, indexed: int, finalized: int | None) -> None:
+        """Every ``PRUNE_EVERY`` blocks (and on the first step): drop blocks no reorg walk needs."""
+        if self._pruned_at is not None and indexed - self._pruned_at < pruning.PRUNE_EVERY:
+            return
+        below = pruning.keep_from(indexed, self.reader.dense_window, finalized)
+        async with self.pool.acquire() as conn:
+            deleted = await pruning.prune_blocks(conn, self.chain.id, below)
+        self._pruned_at = indexed
+        if deleted:
+            log.debug(
+                "chain %s: pruned %d blocks below %d", self.chain.name, deleted, below,
+                extra={"chain_id": self.chain.id},
+            )  # fmt: skip
 
     def progressed(self, result: StepResult) -> None:
         if self.indexed is None or result.indexed_block != self.indexed or result.caught_up:
@@ -205,10 +251,21 @@ class Follower:
             )
 
     async def run(self) -> None:
-        """Step forever; sleep ``poll_interval`` when caught up; survive RPC and database failures."""
+        """Step forever; when caught up, wait for a new head (or ``poll_interval``); survive failures."""
+        heads = asyncio.create_task(self.heads.run(), name=f"heads:{self.chain.name}") if self.heads else None
+        try:
+            await self._run()
+        finally:
+            if heads is not None:
+                heads.cancel()
+                await asyncio.gather(heads, return_exceptions=True)
+
+    async def _run(self) -> None:
         backoff = Backoff()
         backfilled = False
         while True:
+            if self.heads is not None:
+                self.heads.wake.clear()  # NOTE: before the step: a head notified during it wakes us
             try:
                 if not backfilled:
                     await backfill(self)
@@ -221,7 +278,14 @@ class Follower:
             backoff.reset()
             self.endpoints.succeeded()
             if result.caught_up:
-                await asyncio.sleep(self.chain.poll_interval)
+                await self.wait_for_head()
+
+    async def wait_for_head(self) -> None:
+        """Until the subscription announces a head, at most ``poll_interval`` seconds (the polling floor)."""
+        if self.heads is None:
+            await asyncio.sleep(self.chain.poll_interval)
+        else:
+            await self.heads.wait(self.chain.poll_interval)
 
     async def close(self) -> None:
         await self.endpoints.close()
@@ -238,6 +302,7 @@ class Follower:
     async def commit(self, expected: int, chain_range: ChainRange, *, backfill: bool = False) -> StepResult:
         """Commit one range in one transaction; a backfill inserts its (final) locks CONFIRMED at once."""
         chain, head = self.chain, chain_range.head
+        self._cursor = None
         async with self.pool.acquire() as conn, conn.transaction():
             await store.record_blocks(conn, chain.id, chain_range.headers.values())
             final = self._final_through(chain_range) if backfill else -1

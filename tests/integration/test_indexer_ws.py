@@ -1,0 +1,258 @@
+"""New heads over a WebSocket subscription, polling as the fallback, and pruning of ``blocks``.
+
+Real anvil (which serves WebSocket on its HTTP port) and a real PostgreSQL:
+
+- with ``poll_interval`` set to ten minutes, a lock is indexed within seconds: the
+  head can only have come from the ``newHeads`` subscription;
+- when the WebSocket path dies (a relay in front of anvil is cut), the follower
+  polls and indexes every lock mined meanwhile; when it comes back, heads flow
+  again; the indexed locks equal the chain's;
+- garbage on the WebSocket (malformed JSON, another chain id) counts against that
+  endpoint's index and never stops indexing;
+- the ``blocks`` table keeps only the recent window a reorg walk needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from ferry.contracts import TOKENS_LOCKED_TOPIC
+from ferry.db import create_pool
+from ferry.deploy import lock_tokens
+from ferry.devstack import DevChain, DevNetwork
+from ferry.domain import transfer_id
+from ferry.rpc import RpcClient
+from ferry.settings import ChainConfig
+from indexer import pruning, service
+from indexer.decode import LockEvent, decode_log
+from indexer.follower import Follower
+from tests.support.ws_relay import FakeHeads, TcpRelay
+
+ONE = 10**18
+T = TypeVar("T")
+
+
+@pytest.fixture
+async def pool(clean_db: str, dev_chains: DevNetwork) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(clean_db)
+    await service.prepare_database(pool, dev_chains.config)
+    yield pool
+    await pool.close()
+
+
+def chain_with(network: DevNetwork, *extra_urls: str, poll_interval: float) -> ChainConfig:
+    source = network.chains[0]
+    chain = network.config.chain_by_id[source.chain_id]
+    return chain.model_copy(update={"rpc_urls": [source.url, *extra_urls], "poll_interval": poll_interval})
+
+
+def lock(network: DevNetwork, amount: int) -> str:
+    source, target = network.chains
+    receipt = lock_tokens(
+        source.w3,
+        network.user_key,
+        source.token,
+        source.bridge,
+        amount,
+        network.recipient_address,
+        target.chain_id,
+    )
+    return transfer_id(source.chain_id, source.bridge, receipt.nonce)
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, seconds: float = 30) -> T:
+    for _ in range(int(seconds * 10)):
+        value = await probe()
+        if value is not None and value is not False:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+async def indexed(pool: asyncpg.Pool, transfer: str) -> bool:
+    return bool(await pool.fetchval("SELECT count(*) FROM transfers WHERE id = $1", transfer))
+
+
+async def locks_on_chain(chain: DevChain) -> set[tuple[str, int]]:
+    rpc = RpcClient(chain.url)
+    try:
+        logs = await rpc.get_logs([chain.bridge], [TOKENS_LOCKED_TOPIC], 0, await rpc.block_number())
+    finally:
+        await rpc.close()
+    events = [decode_log(chain.chain_id, log) for log in logs]
+    return {(e.transfer_id, e.amount) for e in events if isinstance(e, LockEvent)}
+
+
+async def indexed_locks(pool: asyncpg.Pool, chain: DevChain) -> set[tuple[str, int]]:
+    rows = await pool.fetch("SELECT id, amount FROM transfers WHERE source_chain_id = $1", chain.chain_id)
+    return {(r["id"], int(r["amount"])) for r in rows}
+
+
+def sample(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def caught_up(pool: asyncpg.Pool, chain: DevChain) -> bool:
+    head = int(chain.w3.eth.block_number)
+    return bool(
+        await pool.fetchval(
+            "SELECT indexed_block >= $1 FROM chains WHERE chain_id = $2", head, chain.chain_id
+        )
+    )
+
+
+async def test_new_heads_over_websocket_wake_the_follower_without_polling(
+    dev_chains: DevNetwork, pool: asyncpg.Pool
+) -> None:
+    source = dev_chains.chains[0]
+    ws_url = source.url.replace("http://", "ws://", 1)
+    chain = chain_with(dev_chains, ws_url, poll_interval=600)  # NOTE: ten minutes: no polling in this test
+    follower = Follower(chain, dev_chains.config, pool)
+    assert follower.heads is not None
+    task = asyncio.create_task(follower.run())
+    try:
+        await eventually(lambda: caught_up(pool, source), "the first steps")
+        await eventually(lambda: asyncio.sleep(0, follower.heads.subscribed), "the subscription")
+        await asyncio.sleep(1)  # NOTE: the step that subscribing wakes is over: the follower now waits
+        notified = follower.heads.notifications
+        new = [lock(dev_chains, (700 + i) * ONE) for i in range(3)]
+        for transfer in new:
+            await eventually(lambda t=transfer: indexed(pool, t), "a lock woken by a new head", seconds=20)
+        assert not task.done(), "the follower stopped"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await follower.close()
+
+    assert follower.heads.notifications > notified
+    assert follower.reader.hinted_reads > 0, "new blocks were not read by their notified hashes"
+    assert await indexed_locks(pool, source) == await locks_on_chain(source)
+
+
+async def test_when_the_websocket_dies_polling_takes_over_without_missing_a_block(
+    dev_chains: DevNetwork, pool: asyncpg.Pool
+) -> None:
+    source = dev_chains.chains[0]
+    relay = await TcpRelay(urlsplit(source.url).port or 0).start()
+    chain = chain_with(dev_chains, relay.ws_url, poll_interval=0.5)
+    labels = {"chain": chain.name, "endpoint": "1"}
+    follower = Follower(chain, dev_chains.config, pool)
+    assert follower.heads is not None
+    heads = follower.heads
+    task = asyncio.create_task(follower.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, heads.subscribed), "the subscription")
+        before = lock(dev_chains, 801 * ONE)
+        await eventually(lambda: indexed(pool, before), "a lock while the WebSocket is up")
+        dropped = sample("ferry_rpc_errors_total", {**labels, "kind": "unavailable"})
+
+        await relay.cut()
+        await eventually(lambda: asyncio.sleep(0, not heads.subscribed), "the subscription to drop")
+        during = [lock(dev_chains, (802 + i) * ONE) for i in range(3)]
+        for transfer in during:
+            await eventually(lambda t=transfer: indexed(pool, t), "a lock found by polling")
+        assert not heads.subscribed, "the WebSocket is cut: only polling can have found these locks"
+        assert sample("ferry_rpc_errors_total", {**labels, "kind": "unavailable"}) > dropped
+        assert sample("ferry_rpc_endpoint_up", labels) == 0
+
+        await relay.restore()
+        await eventually(lambda: asyncio.sleep(0, heads.subscribed), "the subscription again", seconds=60)
+        notified = heads.notifications
+        after = lock(dev_chains, 805 * ONE)
+        await eventually(lambda: indexed(pool, after), "a lock after the WebSocket came back")
+        await eventually(lambda: caught_up(pool, source), "the follower at the head")
+        assert heads.notifications > notified
+        assert sample("ferry_rpc_endpoint_up", labels) == 1
+        assert not task.done(), "the follower stopped"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await follower.close()
+        await relay.cut()
+
+    assert await indexed_locks(pool, source) == await locks_on_chain(source)
+    assert await pool.fetchval("SELECT count(*) FROM reorgs") == 0
+
+
+@pytest.mark.parametrize("mode", ["malformed", "wrong_chain"])
+async def test_garbage_on_the_websocket_counts_against_its_endpoint_and_polling_goes_on(
+    dev_chains: DevNetwork, pool: asyncpg.Pool, mode: str
+) -> None:
+    source = dev_chains.chains[0]
+    fake = await FakeHeads(source.chain_id, mode).start()
+    chain = chain_with(dev_chains, fake.ws_url, poll_interval=0.5)
+    labels = {"chain": chain.name, "endpoint": "1", "kind": "garbage"}
+    before = sample("ferry_rpc_errors_total", labels)
+    http_before = sample("ferry_rpc_errors_total", {**labels, "endpoint": "0"})
+    follower = Follower(chain, dev_chains.config, pool)
+    task = asyncio.create_task(follower.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, fake.connections > 0), "the subscription attempt")
+        transfer = lock(dev_chains, 900 * ONE)
+        await eventually(lambda: indexed(pool, transfer), "a lock found by polling")
+        await eventually(
+            lambda: asyncio.sleep(0, sample("ferry_rpc_errors_total", labels) > before), "the garbage count"
+        )
+        assert sample("ferry_rpc_endpoint_up", {"chain": chain.name, "endpoint": "1"}) == 0
+        assert follower.heads is not None
+        assert not follower.heads.subscribed
+        assert sample("ferry_rpc_errors_total", {**labels, "endpoint": "0"}) == http_before, (
+            "the WebSocket's garbage was counted against the HTTP endpoint"
+        )
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await follower.close()
+        await fake.stop()
+
+    assert await indexed_locks(pool, source) == await locks_on_chain(source)
+
+
+async def test_the_blocks_table_keeps_only_the_window_a_reorg_walk_needs(
+    dev_chains: DevNetwork, pool: asyncpg.Pool
+) -> None:
+    source = dev_chains.chains[0]
+    chain = dev_chains.config.chain_by_id[source.chain_id]
+    rpc = RpcClient(source.url)
+    try:
+        await rpc.call("anvil_mine", hex(400))
+    finally:
+        await rpc.close()
+    transfer = lock(dev_chains, 950 * ONE)
+    follower = Follower(chain, dev_chains.config, pool)
+    try:
+        for _ in range(100):
+            if (await follower.step()).caught_up:
+                break
+        await rpc_mine(source, pruning.PRUNE_EVERY)
+        for _ in range(100):
+            if (await follower.step()).caught_up:
+                break
+    finally:
+        await follower.close()
+
+    cursor = await pool.fetchval("SELECT indexed_block FROM chains WHERE chain_id = $1", source.chain_id)
+    dense = follower.reader.dense_window
+    keep_from = pruning.keep_from(cursor, dense)
+    kept = await pool.fetch("SELECT number FROM blocks WHERE chain_id = $1 ORDER BY number", source.chain_id)
+    numbers = [r["number"] for r in kept]
+    assert keep_from > 0, "the chain must be longer than the kept window for this test"
+    assert min(numbers) >= keep_from, "blocks below the kept window were not pruned"
+    assert set(range(cursor - dense + 1, cursor + 1)) <= set(numbers), "the dense window must stay whole"
+    assert len(numbers) <= dense + pruning.PRUNE_MARGIN + pruning.PRUNE_EVERY
+    assert await indexed(pool, transfer)
+
+
+async def rpc_mine(chain: DevChain, blocks: int) -> None:
+    rpc = RpcClient(chain.url)
+    try:
+        await rpc.call("anvil_mine", hex(blocks))
+    finally:
+        await rpc.close()

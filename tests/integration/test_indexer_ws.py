@@ -256,3 +256,43 @@ async def rpc_mine(chain: DevChain, blocks: int) -> None:
         await rpc.call("anvil_mine", hex(blocks))
     finally:
         await rpc.close()
+
+
+async def test_pruning_keeps_the_block_of_a_release_whose_lock_is_not_indexed_yet(
+    dev_chains: DevNetwork, pool: asyncpg.Pool
+) -> None:
+    chain_b = dev_chains.chains[1]
+    await pool.execute(
+        """
+        INSERT INTO blocks (chain_id, number, hash, parent_hash, timestamp)
+        SELECT $1, n, '0x' || lpad(to_hex(n), 64, '0'), '0x' || lpad(to_hex(n - 1), 64, '0'), now()
+          FROM generate_series(1, 300) AS n
+        """,
+        chain_b.chain_id,
+    )
+    waiting = transfer_id(dev_chains.chains[0].chain_id, dev_chains.chains[0].bridge, 424242)
+    await pool.execute(
+        """
+        INSERT INTO releases_seen (chain_id, tx_hash, log_index, bridge, block_number, block_hash,
+                                   source_chain_id, source_bridge, nonce, recipient, amount, transfer_id)
+        VALUES ($1, '0x' || repeat('ab', 32), 0, $2, 50, '0x' || lpad(to_hex(50), 64, '0'),
+                $3, $4, 424242, $5, 1, $6)
+        """,
+        chain_b.chain_id,
+        chain_b.bridge.lower(),
+        dev_chains.chains[0].chain_id,
+        dev_chains.chains[0].bridge.lower(),
+        dev_chains.recipient_address,
+        waiting,
+    )
+    async with pool.acquire() as conn:
+        deleted = await pruning.prune_blocks(conn, chain_b.chain_id, 200)
+    numbers = [
+        r["number"]
+        for r in await pool.fetch(
+            "SELECT number FROM blocks WHERE chain_id = $1 ORDER BY number", chain_b.chain_id
+        )
+    ]
+
+    assert deleted == 198
+    assert numbers == [50, *range(200, 301)]

@@ -12,7 +12,11 @@ app in its own uvicorn process that runs the gateway's SQL through asyncpg and
 answers JSON of the same fields. Prints JSON: throughput and latency percentiles of
 both, their ratio, and the targets (0.6 / 0.5 of baseline, p99 <= 25 / 50 ms).
 
-    .venv/bin/python bench/gateway_queries.py [--transfers 1000000] [--seconds 10]
+    .venv/bin/python bench/gateway_queries.py [--transfers 1000000] [--seconds 10] [--keep]
+
+``client_cpu_share`` is the load generator's CPU over the run (1.0 = a whole core):
+the client shares the machine's cores with both servers, so compare it between the
+two runs; the baseline and the gateway are driven by the same client code.
 
 PostgreSQL comes from FERRY_BENCH_DATABASE_URL (default 127.0.0.1:5432, else embedded).
 """
@@ -145,17 +149,24 @@ async def _drive(host: str, port: int, requests: list[bytes], seconds: float) ->
         *(_client(host, port, requests, time.perf_counter() + 1.5, warm) for _ in range(CLIENTS))
     )
     latencies: list[float] = []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     await asyncio.gather(
         *(_client(host, port, requests, started + seconds, latencies) for _ in range(CLIENTS))
     )
     elapsed = time.perf_counter() - started
+    client_cpu = time.process_time() - cpu_started
     latencies.sort()
 
     def pct(p: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
 
-    return {"requests_per_s": round(len(latencies) / elapsed, 1), "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
+    return {
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        # NOTE: the load generator's share of one core: near 1.0 it, not the server, is the limit.
+        "client_cpu_share": round(client_cpu / elapsed, 2),
+    }
 
 
 def load_main(spec_path: str) -> None:
@@ -203,13 +214,28 @@ def address(n: int) -> str:
     return "0x" + f"{n:040x}"
 
 
-def fresh_database(server_url: str, transfers: int) -> str:
+def fresh_database(server_url: str, transfers: int, *, keep: bool = False) -> str:
+    """A migrated database holding ``transfers`` transfers.
+
+    With ``keep`` it is ``ferry_bench_queries_<transfers>``, reused when a previous
+    ``--keep`` run left it complete (loading a million rows takes minutes).
+    """
     from ferry.migrate import upgrade
 
-    name = f"ferry_bench_{uuid.uuid4().hex[:8]}"
+    name = f"ferry_bench_queries_{transfers}" if keep else f"ferry_bench_{uuid.uuid4().hex[:8]}"
+    url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    if exists:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM transfers").fetchone()
+        if row is not None and row[0] == transfers:
+            upgrade(url)
+            return url
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
     upgrade(url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
@@ -234,7 +260,7 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: float = 1
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
-def run(transfers: int, seconds: float) -> dict[str, Any]:
+def run(transfers: int, seconds: float, *, keep: bool = False) -> dict[str, Any]:
     from ferry.services import ensure_postgres
 
     workdir = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
@@ -243,7 +269,7 @@ def run(transfers: int, seconds: float) -> dict[str, Any]:
         workdir / "postgres",
     )
     started = time.perf_counter()
-    dsn = fresh_database(postgres.url, transfers)
+    dsn = fresh_database(postgres.url, transfers, keep=keep)
     load_seconds = round(time.perf_counter() - started, 1)
     rng = random.Random(5)
     ids = [f"31337:{BRIDGE}:{rng.randint(1, transfers)}" for _ in range(2_000)]
@@ -311,8 +337,9 @@ def run(transfers: int, seconds: float) -> dict[str, Any]:
         for process in processes:
             process.terminate()
             process.wait(timeout=30)
-        with psycopg.connect(postgres.url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(dsn).path[1:]}" WITH (FORCE)')
+        if not keep:
+            with psycopg.connect(postgres.url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(dsn).path[1:]}" WITH (FORCE)')
         postgres.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return {
@@ -332,12 +359,17 @@ def main() -> None:
     )
     parser.add_argument("--transfers", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the loaded database (ferry_bench_queries_<N>) and reuse it next time; drop it when done",
+    )
     parser.add_argument("--load", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
         load_main(args.load)
         return
-    print(json.dumps(run(args.transfers, args.seconds), indent=2))
+    print(json.dumps(run(args.transfers, args.seconds, keep=args.keep), indent=2))
 
 
 if __name__ == "__main__":

@@ -153,11 +153,23 @@ def _chains_or_none(settings: Settings) -> ChainsConfig | None:
         return None
 
 
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """Return a read connection to the pool without asyncpg's reset query.
+
+    NOTE: asyncpg still rolls back an open transaction and drops listeners; its reset
+    query (RESET ALL, UNLISTEN *, CLOSE ALL, advisory unlocks) is a second round trip
+    per request, for session state the gateway's reads never change (settings are
+    fixed at connect; no SET, LISTEN, cursors outside transactions or advisory locks).
+    """
+
+
 async def _connect_until_up(dsn: str, session: dict[str, str]) -> asyncpg.Pool:
     delay = 0.2
     while True:
         try:
-            return await create_pool(dsn, max_size=READ_POOL_SIZE, server_settings=session)
+            return await create_pool(
+                dsn, max_size=READ_POOL_SIZE, server_settings=session, reset=_keep_session
+            )
         except DatabaseUnavailable as exc:
             log.warning("%s; retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)

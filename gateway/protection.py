@@ -8,6 +8,10 @@
 - Size limit: an HTTP body larger than ``FERRY_GATEWAY_MAX_REQUEST_BYTES`` is
   refused with 413 before it is parsed (by Content-Length, or while reading).
 
+A batch (a JSON array of operations) takes one token per operation: the GraphQL
+endpoint takes the rest through the ``RATE_CHARGE`` callable this guard puts in
+the request's scope.
+
 Buckets live in memory per process (several gateway processes each allow the
 rate); idle buckets are forgotten so memory stays bounded.
 """
@@ -24,6 +28,8 @@ from ferry import metrics
 
 MAX_TRACKED_CLIENTS = 50_000
 WS_RATE_LIMITED = 4429
+#: Scope key of ``charge(tokens) -> seconds to wait`` (0: taken) for the request's client.
+RATE_CHARGE = "ferry.rate_charge"
 
 
 class TokenBuckets:
@@ -34,16 +40,16 @@ class TokenBuckets:
         self.burst = burst
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def take(self, client: str) -> float:
-        """0 when a token was taken, else the seconds until one will be available."""
+    def take(self, client: str, count: float = 1) -> float:
+        """0 when ``count`` tokens were taken, else the seconds until they will be available."""
         now = time.monotonic()
         tokens, last = self._buckets.pop(client, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         waiting = 0.0
-        if tokens >= 1:
-            tokens -= 1
+        if tokens >= count:
+            tokens -= count
         else:
-            waiting = (1 - tokens) / self.rate
+            waiting = (count - tokens) / self.rate
         self._buckets[client] = (tokens, now)
         if len(self._buckets) > MAX_TRACKED_CLIENTS:
             self._buckets.popitem(last=False)
@@ -79,7 +85,8 @@ class Protection:
         if not scope["path"].startswith("/graphql"):
             await self.app(scope, receive, send)
             return
-        waiting = self.buckets.take(self._client(scope))
+        client = self._client(scope)
+        waiting = self.buckets.take(client)
         if waiting:
             metrics.RATE_LIMITED.labels("http").inc()
             message = (
@@ -91,6 +98,7 @@ class Protection:
         if length is not None and length.isdigit() and int(length) > self.max_body:
             await _error(send, 413, self._too_large())
             return
+        scope[RATE_CHARGE] = lambda count: self.buckets.take(client, count) if count > 0 else 0.0
         received = 0
         started = False
 

@@ -107,14 +107,14 @@ async def transfers(
     more = len(records) > size
     page = records[:size][::-1] if backwards else records[:size]
     edges = [
-        TransferEdge(cursor=encode_cursor(TransferPosition.of(record, order)), node=shown(gateway, record))
+        TransferEdge(node=shown(gateway, record), position=TransferPosition.of(record, order))
         for record in page
     ]
     page_info = PageInfo(
         has_next_page=cursor is not None if backwards else more,
         has_previous_page=more if backwards else cursor is not None,
-        start_cursor=edges[0].cursor if edges else None,
-        end_cursor=edges[-1].cursor if edges else None,
+        start_cursor=encode_cursor(edges[0].position) if edges else None,
+        end_cursor=encode_cursor(edges[-1].position) if edges else None,
     )
     return TransferConnection(
         edges=edges, page_info=page_info, count=lambda: reads.count_transfers(gateway.pool, wanted)

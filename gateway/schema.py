@@ -23,8 +23,8 @@ from gateway import admin, catalog, resolvers
 from gateway.admin import Mutation, OperatorRequest
 from gateway.catalog import Chain, Route, Stats, Token
 from gateway.errors import MaskUnexpectedErrors, is_user_facing
-from gateway.execution import SharedEventExecution
 from gateway.limits import QueryLimits
+from gateway.plans import PlannedExecution
 from gateway.scalars import SCALARS
 from gateway.types import Transfer, TransferChange, TransferConnection
 
@@ -149,7 +149,7 @@ schema = FerrySchema(
     mutation=Mutation,
     subscription=Subscription,
     config=StrawberryConfig(scalar_map=SCALARS),
-    execution_context_class=SharedEventExecution,
+    execution_context_class=PlannedExecution,
     # NOTE: the caches make a repeated document cost one dict lookup instead of a parse
     # and a validation; QueryLimits then checks it against this server's limits.
     extensions=[

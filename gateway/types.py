@@ -18,11 +18,13 @@ from decimal import Decimal, localcontext
 from typing import TYPE_CHECKING, Annotated
 
 import strawberry
+from eth_hash.auto import keccak
 from eth_utils.address import is_address, to_checksum_address
 
 from ferry.domain import TransferStatus
 from gateway.context import GatewayContext
 from gateway.errors import UserError
+from gateway.paging import TransferPosition, encode_cursor
 from gateway.records import StatusChange, TransferRecord
 from gateway.scalars import BigInt
 
@@ -71,10 +73,20 @@ async def _transfer(root: TransferChange, info: Info) -> Transfer:
     return Transfer.of(record, info.context.gateway.decimals(record.source_chain_id, record.token))
 
 
+_LOWER_ADDRESS = re.compile(r"0x[0-9a-f]{40}")
+
+
 @functools.lru_cache(maxsize=65_536)
 def _address(value: str) -> str:
     # NOTE: cached: EIP-55 needs a keccak per address, the most expensive step of a page,
     # and the same bridges and users recur across transfers.
+    if _LOWER_ADDRESS.fullmatch(value):
+        # NOTE: the stored (lowercase) form, checksummed directly: eth_utils' validation
+        # layers cost more than the keccak itself.
+        digest = keccak(value[2:].encode()).hex()
+        return "0x" + "".join(
+            c.upper() if d in "89abcdef" else c for c, d in zip(value[2:], digest[:40], strict=True)
+        )
     return to_checksum_address(value) if is_address(value) else value
 
 
@@ -197,10 +209,16 @@ class PageInfo:
     end_cursor: str | None = strawberry.field(description="Pass as after to get the next page.")
 
 
+def _edge_cursor(root: TransferEdge) -> str:
+    # NOTE: encoded only when asked for: most pages are read for their nodes alone.
+    return encode_cursor(root.position)
+
+
 @strawberry.type
 class TransferEdge:
-    cursor: str
+    cursor: str = strawberry.field(resolver=_edge_cursor)
     node: Transfer
+    position: strawberry.Private[TransferPosition]
 
 
 async def _total_count(root: TransferConnection) -> int:

@@ -81,14 +81,68 @@ async def test_introspection_and_graphiql_can_be_turned_off(gateway_client: Clie
         assert ide.status_code == 404
 
 
-async def test_oversized_requests_and_batches_are_refused_cleanly(gateway_client: ClientFactory) -> None:
+async def test_oversized_requests_are_refused_cleanly(gateway_client: ClientFactory) -> None:
     async with gateway_client(gateway_max_request_bytes=1_024) as client:
         padded = "{ chains { id } }" + " " * 2_000
         response = await post(client, padded)
         assert response.status_code == 413
         assert messages(response.json()) == ["request too large: at most 1024 bytes; send a smaller query"]
-        batch = await client.post("/graphql", json=[{"query": "{ chains { id } }"}] * 2)
-        assert batch.status_code == 400
+        batch = await client.post("/graphql", json=[{"query": padded}] * 2)
+        assert batch.status_code == 413
+
+
+BY_ID = "query($id: ID!) { transfer(id: $id) { id status } }"
+
+
+async def test_batches_up_to_the_limit_answer_each_operation_in_order(gateway_client: ClientFactory) -> None:
+    async with gateway_client(gateway_max_batch=4, gateway_max_depth=6) as client:
+        batch = [
+            {"query": "{ chains { id } }"},
+            {"query": BY_ID, "variables": {"id": "31337:0x5fbdb2315678afecb367f032d93f642f64180aa3:1"}},
+            {"query": "{ noSuchField }"},
+            {"query": DEEP},
+        ]
+        response = await client.post("/graphql", json=batch)
+        assert response.status_code == 200
+        first, second, unknown, deep = response.json()
+        assert first == {"data": {"chains": []}}
+        assert second == {"data": {"transfer": None}}
+        assert messages(unknown) == ["Cannot query field 'noSuchField' on type 'Query'."]
+        assert messages(deep) == ["the query is nested 10 levels deep; the limit is 6"]
+        bad_id = await client.post("/graphql", json=[{"query": BY_ID, "variables": {"id": "nope"}}])
+        assert messages(bad_id.json()[0])[0].startswith("'nope' is not a transfer id")
+
+
+async def test_batches_over_the_limit_or_malformed_are_refused_with_a_graphql_error(
+    gateway_client: ClientFactory,
+) -> None:
+    async with gateway_client(gateway_max_batch=3) as client:
+        too_many = await client.post("/graphql", json=[{"query": "{ chains { id } }"}] * 4)
+        assert too_many.status_code == 400
+        assert messages(too_many.json()) == [
+            "the batch holds 4 operations; the limit is 3: split it into smaller batches"
+        ]
+        empty = await client.post("/graphql", json=[])
+        assert empty.status_code == 400
+        assert messages(empty.json()) == ["the batch is empty: send at least one operation"]
+        not_operations = await client.post("/graphql", json=[{"query": "{ chains { id } }"}, 7])
+        assert not_operations.status_code == 400
+        assert messages(not_operations.json()) == [
+            'every operation of a batch must be an object with a "query" string'
+        ]
+
+
+async def test_each_operation_of_a_batch_takes_a_request_of_the_rate_limit(
+    gateway_client: ClientFactory,
+) -> None:
+    # NOTE: 1 request/s allows bursts of 2: a batch of 3 is more than a fresh client has.
+    async with gateway_client(gateway_rate_limit=1) as client:
+        limited = await client.post("/graphql", json=[{"query": "{ __typename }"}] * 3)
+        assert limited.status_code == 429
+        assert int(limited.headers["retry-after"]) >= 1
+        assert messages(limited.json())[0].startswith(
+            "rate limit: a batch takes one request per operation, more than this client has left"
+        )
 
 
 async def test_cors_allows_only_the_configured_origins(gateway_client: ClientFactory) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -153,6 +154,7 @@ async def indexer_latencies(
     pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4)
     await service.prepare_database(pool, config)
     follower = Follower(config.chain_by_id[SOURCE], config, pool)
+    gc.freeze()  # NOTE: as `ferry indexer` does after start-up (indexer.service)
     running = asyncio.create_task(follower.run())
     clocks = Clocks()
     listener = await asyncpg.connect(dsn)
@@ -221,7 +223,9 @@ def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {
         "p50_ms": round(statistics.median(ordered) * 1000, 1),
+        "p90_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))] * 1000, 1),
         "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
     }
 
 
@@ -247,9 +251,13 @@ async def main(count: int, poll: float) -> dict[str, Any]:
         "baseline": bare["p50_ms"],
         "ratio": round(row["p50_ms"] / bare["p50_ms"], 2) if bare["p50_ms"] else None,
         "p99_ms": row["p99_ms"],
+        "commit": row,
         "graphql_p50_ms": sub["p50_ms"],
         "graphql_p99_ms": sub["p99_ms"],
+        "graphql": sub,
         "baseline_p99_ms": bare["p99_ms"],
+        "baseline_detail": bare,
+        "load_average_1m": round(os.getloadavg()[0], 1),
         "baseline_is": "bare newHeads subscriber + eth_getLogs by blockHash, no database",
         "locks": count,
         "head_notifications": notified,

@@ -49,13 +49,15 @@ async def child(chains_file: str, url: str, index: bool) -> None:
 
 def peak_rss_mib(chains_file: Path, url: str, index: bool) -> float:
     flag = "index" if index else "idle"
-    output = subprocess.run(
+    child = subprocess.run(
         [sys.executable, str(HERE), "--child", flag, str(chains_file), url],
-        check=True,
+        check=False,
         capture_output=True,
         text=True,
-    ).stdout
-    return float(output.strip().splitlines()[-1])
+    )
+    if child.returncode != 0:
+        raise RuntimeError(f"the {flag} child failed:\n{child.stderr}")
+    return float(child.stdout.strip().splitlines()[-1])
 
 
 def measure(events: int) -> dict[str, float]:

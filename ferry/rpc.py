@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 
 
 class RpcError(Exception):
@@ -111,8 +112,9 @@ class RpcClient:
         if response.status_code >= 400 and response.status_code != 400:
             raise RpcUnavailable(self.name, f"{method} answered HTTP {response.status_code}")
         try:
-            return response.json()
-        except ValueError:
+            # NOTE: orjson parses a large eth_getLogs answer several times faster than json.
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError:
             raise RpcGarbage(f"{self.name}: {method} answered malformed JSON") from None
 
     def _result(self, body: Any, request_id: Any, method: str) -> Any:

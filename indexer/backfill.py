@@ -4,15 +4,25 @@ Blocks deeper than the follower's dense window (``2 * confirmations + 16`` below
 the head; with ``finality: finalized``, also at or below the finalized block) are
 read by ``backfill`` instead of one step at a time:
 
-- ranges are fetched concurrently (at most ``BACKFILL_CONCURRENCY`` in flight) and
-  committed strictly in order, one transaction per range, through the follower's
-  own commit (so the cursor guard, unique keys and history work as in a step);
-  a crash or kill at any moment resumes from the committed cursor;
+- ranges are fetched concurrently and committed strictly in order, one transaction
+  per range, through the follower's own commit (so the cursor guard, unique keys
+  and history work as in a step); a crash or kill at any moment resumes from the
+  committed cursor;
+- what is in flight is bounded (memory): one range until the first answer shows the
+  chain's density, then at most ``BACKFILL_CONCURRENCY`` ranges and about
+  ``LOGS_IN_FLIGHT`` logs, counting the ranges still being committed;
+- two range transactions overlap (``Commits``): the next range's blocks and locks
+  are written while the previous one commits; its cursor update waits for that
+  commit (``store.CURSOR_WAIT``), so commits stay in order and each stays whole;
 - every lock there is already final, so it is inserted CONFIRMED with its one
-  history row, in multi-row statements;
+  history row; a range of many locks is COPYed into ``transfers`` (``store``);
+- then the dense window itself: ranges read exactly like a step's
+  (``ChainReader.read_range``) while they hold final blocks, committed the same way,
+  so their final locks go in CONFIRMED at once instead of PENDING and one UPDATE
+  each; the last ``confirmations - 1`` blocks are left to the steps;
 - range sizes adapt: a range that fails with a "too many results" / range-limit
   error is split in halves (recursively); the next ranges shrink when answers are
-  large (above ``TARGET_LOGS``) and grow again, up to ``log_range``, when small;
+  large (above ``2 * TARGET_LOGS``) and grow again, up to ``log_range``, when small;
 - empty answers are checked against the logs bloom (``ChainReader``);
 - progress: the ``ferry_indexer_backfill_progress`` gauge, and an INFO line with
   the rate and ETA every ``PROGRESS_EVERY`` seconds (on stderr too with ``progress``).
@@ -24,6 +34,7 @@ rotates the endpoint where the RPC failed, and calls ``backfill`` again.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import sys
 import time
@@ -32,11 +43,12 @@ from typing import TYPE_CHECKING
 
 from ferry import metrics
 from ferry.rpc import RpcClient, RpcError
+from indexer import store
 from indexer.chain import ChainRange, breaks_continuity
 from indexer.endpoints import is_rate_limit
 
 if TYPE_CHECKING:
-    from indexer.follower import Follower
+    from indexer.follower import Follower, StepResult
     from indexer.store import Cursor
 
 log = logging.getLogger(__name__)
@@ -46,6 +58,10 @@ BACKFILL_CONCURRENCY = 4
 TARGET_LOGS = 5_000
 #: Logs fetched or awaiting their commit at once, at most (about; it bounds the memory).
 LOGS_IN_FLIGHT = 20_000
+#: Range transactions open at once: the next range's writes overlap the previous one's commit.
+COMMITS_IN_FLIGHT = 2
+#: Seconds a range's transaction waits for the range before it to commit (``store.advance_cursor``).
+CURSOR_WAIT = 60.0
 PROGRESS_EVERY = 5.0
 #: Blocks in the first backfill range (then doubled while answers stay small).
 FIRST_RANGE = 16
@@ -111,32 +127,91 @@ async def backfill(follower: Follower, *, progress: bool = False) -> int:
 async def _deep(
     follower: Follower, rpc: RpcClient, cursor: Cursor, target: int, head: int, meter: Progress
 ) -> int:
-    """Blocks up to ``target``: concurrent fetches (bounded by ranges and logs in flight), ordered commits."""
+    """Blocks up to ``target``: concurrent fetches, and two commits overlapping (``Commits``)."""
     sizer = RangeSizer(follower.chain.log_range)
-    in_flight: deque[tuple[int, asyncio.Task[ChainRange]]] = deque()
-    next_first, locks = cursor.block + 1, 0
+    fetching: deque[asyncio.Task[ChainRange]] = deque()
+    commits = Commits(follower, cursor, meter)
+    next_first = cursor.block + 1
     try:
-        while next_first <= target or in_flight:
-            while sizer.may_start(len(in_flight)) and next_first <= target:
+        while next_first <= target or fetching:
+            # NOTE: one fetch at least, whatever the budget says, or nothing would move.
+            while next_first <= target and (
+                not fetching or sizer.may_start(len(fetching) + len(commits.running))
+            ):
                 last = min(target, next_first + sizer.size - 1)
-                task = asyncio.create_task(_fetch(follower, rpc, sizer, next_first, last, head))
-                in_flight.append((last - next_first + 1, task))
+                fetching.append(asyncio.create_task(_fetch(follower, rpc, sizer, next_first, last, head)))
                 next_first = last + 1
-            chain_range = await in_flight.popleft()[1]
-            if breaks_continuity(cursor.hash, chain_range):
-                return locks  # NOTE: the chain moved under us: the regular steps handle it
-            result = await follower.commit(cursor.block, chain_range, backfill=True)
-            follower.observe(result, chain_range)
-            del chain_range  # NOTE: free the range's events before the next fetch starts (memory)
-            follower.progressed(result)
-            cursor = await follower.load_cursor()
-            locks += result.new_transfers
-            meter.update(cursor.block, locks)
+            chain_range = await fetching.popleft()
+            if not await commits.start(chain_range):
+                break  # NOTE: the chain moved under us: the regular steps handle it
+            del chain_range
+        await commits.finish()
     finally:
-        for _, task in in_flight:
+        for task in fetching:
             task.cancel()
-        await asyncio.gather(*(task for _, task in in_flight), return_exceptions=True)
-    return locks
+        await asyncio.gather(*fetching, return_exceptions=True)
+        await commits.abandon()
+    return commits.locks
+
+
+class Commits:
+    """Commits ranges in order, the next one's writes overlapping the previous one's commit.
+
+    Range N+1's transaction starts (blocks, the COPY of its locks) while range N's is
+    still running, so PostgreSQL works on two ranges at once. Order and atomicity are
+    those of one range at a time: N+1's cursor update names N's last block as the
+    expected cursor, so it waits on N's row lock and fails (``CursorMoved``, rolled
+    back) unless N committed; its history rows come after N's (the history lock is
+    taken after the cursor update). At most ``COMMITS_IN_FLIGHT`` transactions at once.
+    """
+
+    def __init__(self, follower: Follower, cursor: Cursor, meter: Progress) -> None:
+        self.follower, self.meter = follower, meter
+        self.expected, self.tip_hash = cursor.block, cursor.hash
+        self.running: deque[tuple[asyncio.Task[StepResult], ChainRange]] = deque()
+        self.locks = 0
+
+    async def start(self, chain_range: ChainRange) -> bool:
+        """Start committing the range after the last one; False (nothing started) if it does not link."""
+        if breaks_continuity(self.tip_hash, chain_range):
+            await self.finish()
+            return False
+        while len(self.running) >= COMMITS_IN_FLIGHT:
+            await self._next()
+        commit = self.follower.commit(self.expected, chain_range, backfill=True)
+        context = contextvars.copy_context()
+        context.run(store.CURSOR_WAIT.set, CURSOR_WAIT)  # NOTE: this commit's task only
+        self.running.append((asyncio.create_task(commit, context=context), chain_range))
+        self.expected = chain_range.last
+        if not chain_range.empty:
+            self.tip_hash = chain_range.headers[chain_range.last].hash
+        return True
+
+    async def finish(self) -> None:
+        while self.running:
+            await self._next()
+
+    async def _next(self) -> None:
+        task, chain_range = self.running.popleft()
+        try:
+            result = await task
+        except BaseException:
+            for later, _ in self.running:  # NOTE: they wait for this range's cursor: it will not come
+                later.cancel()
+            raise
+        self.follower.observe(result, chain_range)
+        self.follower.progressed(result)
+        self.locks += result.new_transfers
+        self.meter.update(result.indexed_block, self.locks)
+
+    async def abandon(self) -> None:
+        """After a failure: let running commits end (each commits or rolls back whole); first error wins."""
+        tasks = [task for task, _ in self.running]
+        self.running.clear()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors and not isinstance(errors[0], asyncio.CancelledError):
+            log.debug("backfill: a commit in flight ended with %r", errors[0])
 
 
 async def _final_near_head(follower: Follower, meter: Progress, locks: int) -> int:

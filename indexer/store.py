@@ -3,7 +3,8 @@
 Every function takes a connection and runs inside the caller's transaction; the
 follower composes them into one transaction per indexed range. Multi-row writes
 go through ``unnest`` so a range with thousands of events is a handful of
-statements. Bridge addresses are stored lowercase, people's addresses
+statements; a range of many new locks is COPYed into ``transfers``
+(``_copy_new_locks``). Bridge addresses are stored lowercase, people's addresses
 checksummed (see ``indexer.decode``).
 
 Status changes are *not* made here: these functions only find which transfers
@@ -12,8 +13,11 @@ are due for a move; ``ferry.transitions`` makes the moves, last in the transacti
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -29,6 +33,29 @@ log = logging.getLogger(__name__)
 
 #: Chain ids are stored as BIGINT; a lock naming a larger target chain cannot be routed.
 MAX_CHAIN_ID = 2**63 - 1
+#: Locks in one range from which they are COPYed into ``transfers`` (``_copy_new_locks``).
+COPY_LOCKS_FROM = 256
+_PENDING, _CONFIRMED = TransferStatus.PENDING.value, TransferStatus.CONFIRMED.value
+_COPY_COLUMNS = (
+    "id",
+    "route_id",
+    "token",
+    "source_chain_id",
+    "source_bridge",
+    "nonce",
+    "target_chain_id",
+    "target_bridge",
+    "sender",
+    "recipient",
+    "amount",
+    "status",
+    "confirmations_required",
+    "lock_tx_hash",
+    "lock_log_index",
+    "lock_block_number",
+    "lock_block_hash",
+    "lock_block_time",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +130,43 @@ async def load_cursor(conn: asyncpg.Connection, chain_id: int) -> Cursor | None:
     return None if row is None else Cursor(row["indexed_block"], row["indexed_block_hash"])
 
 
+#: Seconds ``advance_cursor`` waits for the cursor to reach the range's expected block (see there).
+CURSOR_WAIT: ContextVar[float] = ContextVar("ferry_indexer_cursor_wait", default=0.0)
+_CURSOR_POLL = 0.005
+
+
 async def advance_cursor(
     conn: asyncpg.Connection, chain_id: int, expected: int, chain_range: ChainRange
 ) -> bool:
-    """Move the cursor to the range's last block; False when another writer moved it first."""
+    """Move the cursor to the range's last block; False when another writer moved it first.
+
+    With ``CURSOR_WAIT`` set (the backfill's overlapping commits, ``indexer.backfill``),
+    a cursor still *below* ``expected`` is waited for, up to that many seconds: the
+    transaction of the range before is committing it. The wait ends as soon as the
+    cursor is at ``expected`` (and at the block this range builds on: its first block's
+    parent), or has passed it; anything else returns False, as without the wait.
+    """
+    moved = await _advance(conn, chain_id, expected, chain_range)
+    wait = CURSOR_WAIT.get()
+    if moved or wait <= 0 or chain_range.empty:
+        return moved
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        row = await conn.fetchrow(
+            "SELECT indexed_block, indexed_block_hash FROM chains WHERE chain_id = $1", chain_id
+        )
+        if row is None or row["indexed_block"] > expected:
+            return False
+        if row["indexed_block"] == expected:
+            parent = chain_range.headers[chain_range.first].parent_hash
+            if (row["indexed_block_hash"] or "").lower() != parent:
+                return False
+            return await _advance(conn, chain_id, expected, chain_range)
+        await asyncio.sleep(_CURSOR_POLL)
+    return False
+
+
+async def _advance(conn: asyncpg.Connection, chain_id: int, expected: int, chain_range: ChainRange) -> bool:
     last = None if chain_range.empty else chain_range.headers[chain_range.last]
     moved = await conn.fetchval(
         """
@@ -181,6 +241,10 @@ async def insert_locks(
     locks = routable(chain_range.locks)
     if not locks:
         return [], []
+    if len(locks) >= COPY_LOCKS_FROM:
+        copied = await _copy_new_locks(conn, chain, config, chain_range, locks, final_through)
+        if copied is not None:
+            return copied, []
     await _displace_orphans(conn, chain.id, locks)
     tokens = [_token_of(config, chain.id, lock.bridge) for lock in locks]
     rows = await conn.fetch(
@@ -242,6 +306,66 @@ async def insert_locks(
         [d for d, r in due if r["inserted"]],
         [d for d, r in due if not r["inserted"] and r["status"] == TransferStatus.ORPHANED.value],
     )
+
+
+async def _copy_new_locks(
+    conn: asyncpg.Connection,
+    chain: ChainConfig,
+    config: ChainsConfig,
+    chain_range: ChainRange,
+    locks: Sequence[LockEvent],
+    final_through: int,
+) -> list[Due] | None:
+    """The fast path for many locks: COPY them straight into ``transfers``; None if one exists already.
+
+    Nearly always every lock of a range is new (the cursor guard keeps a range from
+    being committed twice). COPY skips the per-row conflict checks of
+    ``INSERT ... ON CONFLICT`` and the encoding of one array per column; when a unique
+    key is already taken (a replay, a lock that reappeared after a reorg) the COPY is
+    undone (a savepoint) and the caller takes the careful path.
+    """
+    targets: dict[tuple[str, int], tuple[str, str, str | None]] = {}
+    rows = []
+    for lock in locks:
+        key = (lock.bridge, lock.target_chain_id)
+        target = targets.get(key)
+        if target is None:
+            token = _token_of(config, chain.id, lock.bridge)
+            target = (
+                token,
+                route_id(token, chain.id, lock.target_chain_id),
+                _target_bridge(config, token, chain.id, lock),
+            )
+            if target[2] is not None:  # NOTE: not cached when unrouted, so each such lock is logged
+                targets[key] = target
+        rows.append(
+            (
+                lock.transfer_id,
+                target[1],
+                target[0],
+                chain.id,
+                lock.bridge,
+                lock.nonce,
+                lock.target_chain_id,
+                target[2],
+                lock.user,
+                lock.target_address,
+                lock.amount,
+                _CONFIRMED if lock.block_number <= final_through else _PENDING,
+                chain.confirmations,
+                lock.tx_hash,
+                lock.log_index,
+                lock.block_number,
+                lock.block_hash,
+                chain_range.headers[lock.block_number].timestamp,
+            )
+        )
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table("transfers", records=rows, columns=_COPY_COLUMNS)
+    except asyncpg.UniqueViolationError:
+        return None
+    return [Due(row[0], row[1], row[13], row[15], row[11]) for row in rows]
 
 
 async def _displace_orphans(conn: asyncpg.Connection, chain_id: int, locks: Sequence[LockEvent]) -> None:

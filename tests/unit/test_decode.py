@@ -9,6 +9,7 @@ from eth_abi.abi import encode
 from eth_utils.address import to_checksum_address
 
 from ferry.contracts import SIGNERS_UPDATED_TOPIC, TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC
+from indexer import decode
 from indexer.decode import LockEvent, MalformedLog, ReleaseEvent, decode_log
 
 BRIDGE = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -109,6 +110,29 @@ def test_uint256_extremes_survive() -> None:
     assert (event.amount, event.nonce, event.target_chain_id) == (BIG, BIG, BIG)
 
 
+def lowercase(log: dict[str, Any]) -> dict[str, Any]:
+    """The log as nodes answer it: every hex string lowercase (the decoder's fast path)."""
+    return {
+        key: [t.lower() for t in value]
+        if key == "topics"
+        else value.lower()
+        if isinstance(value, str)
+        else value
+        for key, value in log.items()
+    }
+
+
+@pytest.mark.parametrize("make", [lock_log, release_log])
+def test_mixed_case_and_lowercase_answers_decode_to_the_same_event(make: Any) -> None:
+    mixed = make(address=BRIDGE, transactionHash="0x" + "aB" * 32, amount=BIG, nonce=2**64 + 1)
+
+    assert decode_log(5, mixed) == decode_log(5, lowercase(mixed))
+    # NOTE: the point is comparing the two paths: the lowercase answer must take the fast one.
+    fast = decode._fast_lock if make is lock_log else decode._fast_release
+    assert fast(5, lowercase(mixed), lowercase(mixed)["topics"]) is not None
+    assert fast(5, mixed, mixed["topics"]) is None
+
+
 def test_other_events_of_the_bridge_are_not_transfer_events() -> None:
     assert decode_log(1, _log([SIGNERS_UPDATED_TOPIC], encode(["uint256"], [1]))) is None
 
@@ -128,8 +152,9 @@ def test_other_events_of_the_bridge_are_not_transfer_events() -> None:
         (lambda log: log.update(topics=[]), "no topics"),
     ],
 )
-def test_a_lock_of_the_wrong_shape_is_malformed(broken: Any, message: str) -> None:
-    log = lock_log()
+@pytest.mark.parametrize("case", ["as given", "lowercase"])
+def test_a_lock_of_the_wrong_shape_is_malformed(broken: Any, message: str, case: str) -> None:
+    log = lock_log() if case == "as given" else lowercase(lock_log())
     broken(log)
 
     with pytest.raises(MalformedLog, match=message):

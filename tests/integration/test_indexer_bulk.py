@@ -1,0 +1,161 @@
+"""The backfill's bulk writes on a real PostgreSQL: COPY of many locks, and overlapping range commits.
+
+- ``store.insert_locks`` COPYs a range of many locks straight into ``transfers``;
+  a replay of the same range (or any lock whose key is taken) falls back to the
+  careful ``INSERT ... ON CONFLICT`` and changes nothing.
+- ``store.advance_cursor`` with ``CURSOR_WAIT`` set waits for the range before to
+  commit the cursor it builds on, and refuses a cursor that never comes or that
+  ends on another block hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from ferry.settings import BridgeDeployment, ChainConfig, ChainsConfig, RouteConfig
+from indexer import store
+from indexer.chain import BlockHeader, ChainRange
+from indexer.decode import LockEvent
+
+SOURCE, TARGET = 31_771, 31_772
+BRIDGE = "0x" + "1" * 40
+USER = "0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc"
+LOCKS = 3 * store.COPY_LOCKS_FROM // 2
+
+
+def _config() -> ChainsConfig:
+    def chain(chain_id: int, bridge: str) -> ChainConfig:
+        return ChainConfig(
+            id=chain_id,
+            name=f"bulk-{chain_id}",
+            rpc_urls=["http://127.0.0.1:9"],
+            confirmations=2,
+            bridges={"FTT": BridgeDeployment(bridge=bridge, token=bridge)},
+        )
+
+    return ChainsConfig(
+        chains=[chain(SOURCE, BRIDGE), chain(TARGET, "0x" + "2" * 40)],
+        routes=[RouteConfig(token="FTT", source=SOURCE, target=TARGET)],
+    )
+
+
+def _hash(number: int) -> str:
+    return f"0x{number:064x}"
+
+
+def _header(number: int) -> BlockHeader:
+    return BlockHeader(
+        number, _hash(number), _hash(number - 1), datetime.fromtimestamp(1_700_000_000 + number, UTC)
+    )
+
+
+def _range(first: int, last: int, head: int, locks_per_block: int = 0) -> ChainRange:
+    locks = tuple(
+        LockEvent(
+            SOURCE, BRIDGE, _hash(10_000 + block), index, block, _hash(block), USER,
+            10**18 + index, block * 1_000 + index, USER, TARGET,
+        )
+        for block in range(first, last + 1)
+        for index in range(locks_per_block)
+    )  # fmt: skip
+    return ChainRange(head, first, last, locks, (), {n: _header(n) for n in range(first, last + 1)})
+
+
+@pytest.fixture
+async def pool(clean_db: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(clean_db, min_size=2, max_size=4)
+    async with pool.acquire() as conn:
+        await store.register_chains(conn, _config().chains)
+        await store.register_routes(conn, _config())
+        await conn.execute("UPDATE chains SET indexed_block = 9, indexed_block_hash = $1", _hash(9))
+    yield pool
+    await pool.close()
+
+
+async def test_many_locks_are_copied_final_ones_confirmed_and_a_replay_changes_nothing(
+    pool: asyncpg.Pool,
+) -> None:
+    config = _config()
+    chain = config.chain_by_id[SOURCE]
+    chain_range = _range(10, 12, head=13, locks_per_block=LOCKS // 3)
+    async with pool.acquire() as conn, conn.transaction():
+        new, reappeared = await store.insert_locks(conn, chain, config, chain_range, final_through=11)
+    again = await _insert_again(pool, config, chain_range)
+
+    assert len(new) == len(chain_range.locks) >= store.COPY_LOCKS_FROM
+    assert reappeared == []
+    assert {d.status for d in new if d.block_number == 12} == {"PENDING"}
+    assert {d.status for d in new if d.block_number <= 11} == {"CONFIRMED"}
+    rows = await pool.fetch(
+        "SELECT id, route_id, target_bridge, nonce, amount, lock_block_time FROM transfers"
+    )
+    assert len(rows) == len(chain_range.locks)
+    by_id = {row["id"]: row for row in rows}
+    lock = chain_range.locks[-1]
+    row = by_id[lock.transfer_id]
+    assert (row["route_id"], row["target_bridge"], row["nonce"], row["amount"]) == (
+        f"FTT:{SOURCE}-{TARGET}",
+        "0x" + "2" * 40,
+        lock.nonce,
+        lock.amount,
+    )
+    assert row["lock_block_time"] == chain_range.headers[lock.block_number].timestamp
+    assert again == ([], [])
+    assert await pool.fetchval("SELECT count(*) FROM transfers") == len(chain_range.locks)
+
+
+async def _insert_again(
+    pool: asyncpg.Pool, config: ChainsConfig, chain_range: ChainRange
+) -> tuple[list[store.Due], list[store.Due]]:
+    async with pool.acquire() as conn, conn.transaction():
+        return await store.insert_locks(conn, config.chain_by_id[SOURCE], config, chain_range, 11)
+
+
+async def test_a_range_waits_for_the_cursor_of_the_range_before_it(pool: asyncpg.Pool) -> None:
+    low, high = _range(10, 12, head=20), _range(13, 15, head=20)
+    token = store.CURSOR_WAIT.set(30.0)
+    try:
+        async with pool.acquire() as second, second.transaction():
+            waiting = asyncio.create_task(store.advance_cursor(second, SOURCE, 12, high))
+            await asyncio.sleep(0.2)
+            assert not waiting.done(), "the cursor is at 9: the range after 12 must wait"
+            async with pool.acquire() as first, first.transaction():
+                assert await store.advance_cursor(first, SOURCE, 9, low)
+            assert await asyncio.wait_for(waiting, 10)
+    finally:
+        store.CURSOR_WAIT.reset(token)
+
+    assert await pool.fetchval("SELECT indexed_block FROM chains WHERE chain_id = $1", SOURCE) == 15
+
+
+async def test_a_cursor_that_never_comes_or_comes_on_another_block_is_refused(pool: asyncpg.Pool) -> None:
+    high = _range(13, 15, head=20)
+    token = store.CURSOR_WAIT.set(1.0)
+    try:
+        async with pool.acquire() as conn:
+            never = await store.advance_cursor(conn, SOURCE, 12, high)
+            other_branch = asyncio.create_task(store.advance_cursor(conn, SOURCE, 12, high))
+            await asyncio.sleep(0.1)
+            await pool.execute(
+                "UPDATE chains SET indexed_block = 12, indexed_block_hash = $1", "0x" + "ee" * 32
+            )
+            refused = await other_branch
+    finally:
+        store.CURSOR_WAIT.reset(token)
+    without_wait = await _advance_without_wait(pool, high)
+
+    assert not never
+    assert not refused
+    assert not without_wait
+    assert await pool.fetchval("SELECT indexed_block FROM chains WHERE chain_id = $1", SOURCE) == 9
+
+
+async def _advance_without_wait(pool: asyncpg.Pool, chain_range: ChainRange) -> bool:
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE chains SET indexed_block = 9")
+        return await store.advance_cursor(conn, SOURCE, 12, chain_range)

@@ -11,7 +11,9 @@ Same run, same sockets, two servers:
   broadcasting one pre-encoded message (``websockets.broadcast``).
 
 Both servers run without permessage-deflate (the gateway turns it off: its
-messages are small and zlib state per socket is the largest part of its memory).
+messages are small and zlib state per socket is the largest part of its memory)
+and without keep-alive messages during the run (the gateway's interval is set to
+an hour, as the baseline sends none).
 
 Clients run in separate processes (``--client-processes``, default 2) so that
 their work is not counted in the servers' memory. Targets: p99 <= 1 s and <= 50 KB
@@ -77,39 +79,46 @@ asyncio.run(main(int(sys.argv[1])))
 
 
 async def _one(
-    url: str, mode: str, variables: dict[str, Any], gate: asyncio.Semaphore, ready: list[int]
+    url: str,
+    mode: str,
+    variables: dict[str, Any],
+    gate: asyncio.Semaphore,
+    ready: list[int],
+    sockets: list[Any],
 ) -> float:
     import websockets
 
     async with gate:
         protocols = [websockets.Subprotocol("graphql-transport-ws")] if mode == "gateway" else None
         ws = await websockets.connect(url, subprotocols=protocols, ping_interval=None, open_timeout=120)
+        sockets.append(ws)
         if mode == "gateway":
             await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
             await ws.recv()
             payload = {"query": SUBSCRIBE, "variables": variables}
             await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
     ready[0] += 1
-    try:
-        while True:
-            message = json.loads(await ws.recv())
-            if message.get("type") == "next":
-                return time.time()
-            if message.get("type") == "ping":
-                await ws.send('{"type":"pong"}')
-    finally:
-        await ws.close()
+    while True:
+        message = json.loads(await ws.recv())
+        if message.get("type") == "next":
+            return time.time()
+        if message.get("type") == "ping":
+            await ws.send('{"type":"pong"}')
 
 
 async def _clients(url: str, mode: str, count: int, variables: dict[str, Any]) -> None:
     gate = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
     ready = [0]
-    tasks = [asyncio.create_task(_one(url, mode, variables, gate, ready)) for _ in range(count)]
+    sockets: list[Any] = []
+    tasks = [asyncio.create_task(_one(url, mode, variables, gate, ready, sockets)) for _ in range(count)]
     while ready[0] < count:  # noqa: ASYNC110 (a counter shared by 10,000 tasks; polling is cheaper)
         await asyncio.sleep(0.2)
     print("ready", flush=True)
     received = await asyncio.gather(*tasks)
     print(json.dumps(received), flush=True)
+    # NOTE: hang up only when told, after the server's CPU time for the fan-out has been read.
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await asyncio.gather(*(ws.close() for ws in sockets))
 
 
 def client_main(url: str, mode: str, count: int, variables: str) -> None:
@@ -125,6 +134,7 @@ def start_clients(
     started = [
         subprocess.Popen(
             [sys.executable, __file__, "--client", url, mode, str(n), json.dumps(variables)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -138,18 +148,65 @@ def start_clients(
     return started
 
 
-def collect(clients: list[subprocess.Popen[str]], t0: float) -> dict[str, float]:
+def collect(clients: list[subprocess.Popen[str]], t0: float) -> list[float]:
+    """Each client's receipt time - ``t0``; the clients keep their sockets open until ``hang_up``."""
     latencies: list[float] = []
     for process in clients:
         assert process.stdout is not None
         latencies += [at - t0 for at in json.loads(process.stdout.readline())]
-        process.wait(timeout=60)
+    return latencies
+
+
+def hang_up(clients: list[subprocess.Popen[str]]) -> None:
+    for process in clients:
+        assert process.stdin is not None
+        process.stdin.write("close\n")
+        process.stdin.close()
+    for process in clients:
+        process.wait(timeout=120)
+
+
+def stop_clients(clients: list[subprocess.Popen[str]]) -> None:
+    """Clients still running (a failed run): stop them, by their own process ids."""
+    for process in clients:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def figures(latencies: list[float]) -> dict[str, float]:
     latencies.sort()
 
     def pct(p: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 1)
 
-    return {"delivered": len(latencies), "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0)}
+    return {
+        "delivered": len(latencies),
+        "first_ms": pct(0.0),
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (on a loaded machine, steadier than wall time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _fanout_lag_ms(metrics_port: int) -> float | None:
+    """Mean commit -> offered-to-subscribers time the gateway measured (its fan-out lag histogram)."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=60).text
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith(("ferry_gateway_fanout_lag_seconds_sum", "ferry_gateway_fanout_lag_seconds_count"))
+    }
+    count = values.get("ferry_gateway_fanout_lag_seconds_count", 0.0)
+    return round(values["ferry_gateway_fanout_lag_seconds_sum"] / count * 1000, 1) if count else None
 
 
 def rss_kb(pid: int) -> int:
@@ -165,7 +222,10 @@ def rss_kb(pid: int) -> int:
 def _subscriptions(metrics_port: int) -> int:
     import httpx
 
-    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    try:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=60).text
+    except httpx.TimeoutException:  # NOTE: a loaded machine; the caller asks again
+        return 0
     for line in text.splitlines():
         if line.startswith("ferry_gateway_subscriptions "):
             return int(float(line.split()[1]))
@@ -203,9 +263,12 @@ def gateway_run(dsn: str, workdir: Path, subscribers: int, processes: int) -> di
         "FERRY_HEALTH_PORT": str(health),
         "FERRY_METRICS_PORT": str(metrics_port),
         "FERRY_GATEWAY_RATE_LIMIT": "1000000",
+        # NOTE: the baseline sends no keep-alives; neither does the gateway during the run.
+        "FERRY_GATEWAY_KEEPALIVE_INTERVAL": "3600",
         "FERRY_LOG_LEVEL": "WARNING",
     }
     server = subprocess.Popen([sys.executable, "-m", "ferry", "gateway"], env=env, cwd=ROOT)
+    clients: list[subprocess.Popen[str]] = []
     try:
         wait_until_up(f"http://127.0.0.1:{health}/ready", server)
         time.sleep(1)
@@ -218,16 +281,25 @@ def gateway_run(dsn: str, workdir: Path, subscribers: int, processes: int) -> di
             processes,
             {"id": tid, "after": str(cursor)},
         )
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600
         while _subscriptions(metrics_port) < subscribers:
             if time.monotonic() > deadline:
-                raise RuntimeError("subscriptions did not all register within 120 s")
+                raise RuntimeError("subscriptions did not all register within 600 s")
             time.sleep(0.2)
         after = rss_kb(server.pid)
+        cpu = cpu_seconds(server.pid)
         t0 = asyncio.run(_commit_change(dsn, tid))
-        result = collect(clients, t0)
-        return {**result, "rss_growth_kb_per_subscriber": round((after - before) / subscribers, 1)}
+        latencies = collect(clients, t0)
+        cpu = cpu_seconds(server.pid) - cpu
+        hang_up(clients)
+        return {
+            **figures(latencies),
+            "server_cpu_s_for_the_fanout": round(cpu, 2),
+            "commit_to_fanout_ms": _fanout_lag_ms(metrics_port),
+            "rss_growth_kb_per_subscriber": round((after - before) / subscribers, 1),
+        }
     finally:
+        stop_clients(clients)
         server.terminate()
         server.wait(timeout=60)
 
@@ -254,6 +326,7 @@ def bare_run(workdir: Path, subscribers: int, processes: int) -> dict[str, Any]:
     )
     assert server.stdin is not None
     assert server.stdout is not None
+    clients: list[subprocess.Popen[str]] = []
     try:
         assert server.stdout.readline().strip() == "listening"
         time.sleep(0.5)
@@ -266,12 +339,20 @@ def bare_run(workdir: Path, subscribers: int, processes: int) -> dict[str, Any]:
                 break
             time.sleep(0.2)
         after = rss_kb(server.pid)
+        cpu = cpu_seconds(server.pid)
         t0 = time.time()
         server.stdin.write("go\n")
         server.stdin.flush()
-        result = collect(clients, t0)
-        return {**result, "rss_growth_kb_per_subscriber": round((after - before) / subscribers, 1)}
+        latencies = collect(clients, t0)
+        cpu = cpu_seconds(server.pid) - cpu
+        hang_up(clients)
+        return {
+            **figures(latencies),
+            "server_cpu_s_for_the_fanout": round(cpu, 2),
+            "rss_growth_kb_per_subscriber": round((after - before) / subscribers, 1),
+        }
     finally:
+        stop_clients(clients)
         server.stdin.close()
         server.terminate()
         server.wait(timeout=30)

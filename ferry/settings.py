@@ -280,6 +280,9 @@ class Settings(BaseSettings):
     gateway_graphiql: bool = True
     gateway_cors_origins: str = Field(default="*", description="comma-separated origins, or *")
     gateway_subscriber_queue: int = Field(default=256, ge=1, le=100_000)
+    gateway_keepalive_interval: float = Field(
+        default=15.0, gt=0, le=3600, description="seconds between subscription keep-alive messages"
+    )
     gateway_database_roles: bool = Field(
         default=False, description="read as ferry_gateway_reader, write as ferry_gateway_admin (0005)"
     )

@@ -30,9 +30,8 @@ from gateway.context import Gateway, GatewayContext
 from gateway.protection import Protection
 from gateway.request_id import RequestId, RequestTimeout
 from gateway.schema import schema
+from gateway.subscriptions import LegacyWSHandler, TransportWSHandler
 
-#: Seconds between keep-alive messages on legacy graphql-ws connections.
-KEEP_ALIVE_INTERVAL = 15.0
 #: The readiness checks that make /ready answer 503 (redis is informational, for admins).
 GATING_CHECKS = ("database", "listener")
 
@@ -40,13 +39,18 @@ GATING_CHECKS = ("database", "listener")
 class GraphQLView(GraphQL[GatewayContext, None]):
     """Strawberry's ASGI view, giving every request a context on the shared gateway."""
 
+    # NOTE: live changes encoded once per group of identical subscriptions, server pings on
+    # both protocols, slow consumers closed (gateway.subscriptions).
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
+
     def __init__(self, gateway: Gateway) -> None:
         settings = gateway.settings
         super().__init__(
             schema,
             graphql_ide="graphiql" if settings.gateway_graphiql else None,
             keep_alive=True,
-            keep_alive_interval=KEEP_ALIVE_INTERVAL,
+            keep_alive_interval=settings.gateway_keepalive_interval,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
             # NOTE: credentials travel in the Authorization header (never cookies), so any
             # allowed origin may call; FERRY_GATEWAY_CORS_ORIGINS narrows it.

@@ -35,9 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -54,6 +58,10 @@ log = logging.getLogger(__name__)
 DEFAULT_QUEUE_SIZE = 256
 FETCH_BATCH = 1_000
 REPLAY_PAGE = 500
+#: Changes offered between two yields to the event loop (at most half a subscriber's queue).
+FAN_OUT_STEP = 64
+#: Longest wait, between two steps, for the shared work the last step started.
+SETTLE_PATIENCE = 1.0
 #: Seconds between reads while the read database has not yet caught up with a notification.
 LAG_RETRY_DELAY = 0.05
 #: How long to wait for a lagging read database before giving up on this round.
@@ -62,9 +70,22 @@ _DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class Subscriber:
-    """One subscription's mailbox: a bounded queue of changes to one transfer, or matching a filter."""
+    """One subscription's mailbox: a bounded queue of changes to one transfer, or matching a filter.
 
-    __slots__ = ("_queue", "dropped", "start_cursor", "transfer_id", "wanted")
+    A deque and one waiter rather than an ``asyncio.Queue`` (which carries two waiter
+    deques and an event): ten thousand open subscriptions make the difference count.
+    """
+
+    __slots__ = (
+        "_changes",
+        "_waiter",
+        "adopted",
+        "dropped",
+        "queue_size",
+        "start_cursor",
+        "transfer_id",
+        "wanted",
+    )
 
     def __init__(
         self,
@@ -77,29 +98,43 @@ class Subscriber:
         self.wanted = wanted
         #: The feed's cursor when this subscriber registered: every later change reaches the queue.
         self.start_cursor = start_cursor
+        self.queue_size = queue_size
         self.dropped = False
-        self._queue: asyncio.Queue[StatusChange] = asyncio.Queue(maxsize=queue_size)
-
-    @property
-    def queue_size(self) -> int:
-        return self._queue.maxsize
+        #: Handed to a live delivery (``LiveHandoff``), which releases it when it ends.
+        self.adopted = False
+        self._changes: deque[StatusChange] = deque()
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, change: StatusChange) -> bool:
         """Queue ``change``; False (and dropped from now on) when the queue is full."""
         if self.dropped:
             return False
-        try:
-            self._queue.put_nowait(change)
-        except asyncio.QueueFull:
+        if len(self._changes) >= self.queue_size:
             self.dropped = True
+            self._changes.clear()
+            self._wake()
             return False
+        self._changes.append(change)
+        self._wake()
         return True
 
     async def next(self) -> StatusChange | None:
         """The next live change, or None once this subscriber has been dropped."""
+        while not self._changes:
+            if self.dropped:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         if self.dropped:
             return None
-        return await self._queue.get()
+        return self._changes.popleft()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 class ChangeFeed:
@@ -118,6 +153,7 @@ class ChangeFeed:
         self._wake = asyncio.Event()
         self._listener = Listener(listen_dsn, CHANGES_CHANNEL, self._heard, self._reconnected)
         self._fetcher: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Future[Any]] = set()
 
     @property
     def cursor(self) -> int:
@@ -154,8 +190,8 @@ class ChangeFeed:
         try:
             yield subscriber
         finally:
-            self._forget(subscriber)
-            metrics.SUBSCRIPTIONS.dec()
+            if not subscriber.adopted:
+                self.release(subscriber)
 
     @contextlib.contextmanager
     def subscribe_matching(self, wanted: TransferFilter) -> Iterator[Subscriber]:
@@ -169,8 +205,13 @@ class ChangeFeed:
         try:
             yield subscriber
         finally:
-            self._forget(subscriber)
-            metrics.SUBSCRIPTIONS.dec()
+            if not subscriber.adopted:
+                self.release(subscriber)
+
+    def release(self, subscriber: Subscriber) -> None:
+        """The subscription has ended: stop offering it changes."""
+        self._forget(subscriber)
+        metrics.SUBSCRIPTIONS.dec()
 
     def _forget(self, subscriber: Subscriber) -> None:
         if subscriber.transfer_id is not None:
@@ -216,7 +257,7 @@ class ChangeFeed:
         waited = 0.0
         while True:
             batch = await reads.changes_after(self._pool, self._cursor, FETCH_BATCH)
-            self._fan_out(batch.changes, batch.last_id)
+            await self._fan_out_in_steps(batch.changes, batch.last_id)
             if batch.full:
                 continue
             if self._cursor >= self._announced:
@@ -231,6 +272,36 @@ class ChangeFeed:
             # NOTE: a replica has not yet replayed what the primary announced.
             await asyncio.sleep(LAG_RETRY_DELAY)
             waited += LAG_RETRY_DELAY
+
+    async def _fan_out_in_steps(
+        self, changes: list[tuple[StatusChange, TransferRecord | None]], highest: int
+    ) -> None:
+        """``_fan_out`` a few changes at a time, letting subscribers drain their queues in between.
+
+        A burst larger than a queue (one commit of a thousand transfers) must not cut off a
+        subscriber that keeps up. Each step moves the cursor with its offers, so a subscriber
+        registering between steps gets exactly the changes of the later steps.
+        """
+        step = max(1, min(FAN_OUT_STEP, self._queue_size // 2))
+        for start in range(0, len(changes), step):
+            chunk = changes[start : start + step]
+            self._fan_out(chunk, chunk[-1][0].id if start + step < len(changes) else highest)
+            await self._settle()
+        if not changes:
+            self._fan_out([], highest)
+
+    def track(self, work: asyncio.Future[Any]) -> None:
+        """Shared work for subscribers (one encoding of a change) to finish before the next step."""
+        self._in_flight.add(work)
+        work.add_done_callback(self._in_flight.discard)
+
+    async def _settle(self) -> None:
+        """Let subscribers take what was offered, and the shared work they started finish."""
+        await asyncio.sleep(0)
+        if self._in_flight:
+            # NOTE: bounded: a slow read for one group must not hold every subscriber's changes.
+            await asyncio.wait(set(self._in_flight), timeout=SETTLE_PATIENCE)
+            await asyncio.sleep(0)
 
     def _fan_out(self, changes: list[tuple[StatusChange, TransferRecord | None]], highest: int) -> None:
         """Offer ``changes`` to their subscribers and move the cursor to ``highest``, in one step."""
@@ -304,7 +375,7 @@ async def follow_transfer(
             async for change in _replay(pool, transfer_id, after, subscriber.start_cursor):
                 yield change
                 last_sent = change.id
-        async for live in _live(subscriber, last_sent):
+        async for live in _live(feed, subscriber, last_sent):
             yield live
 
 
@@ -325,22 +396,49 @@ async def follow_changes(
                     last_sent = change.id
                 if len(page) < REPLAY_PAGE:
                     break
-        async for live in _live(subscriber, last_sent):
+        async for live in _live(feed, subscriber, last_sent):
             yield live
 
 
-async def _live(subscriber: Subscriber, last_sent: int) -> AsyncIterator[StatusChange]:
+class LiveHandoff(Protocol):
+    """Takes over a subscription once it is live, delivering its changes itself.
+
+    Set in ``DIRECT_DELIVERY`` by the WebSocket handler for the task that runs one
+    subscription (see ``gateway.subscriptions``). The generators here then end instead
+    of yielding live changes; the handoff owns the subscriber from then on and calls
+    ``release`` once, when it is done with it.
+    """
+
+    def adopt(self, subscriber: Subscriber, last_sent: int, release: Callable[[], None]) -> None: ...
+
+
+DIRECT_DELIVERY: ContextVar[LiveHandoff | None] = ContextVar("ferry_direct_delivery", default=None)
+
+
+async def _live(feed: ChangeFeed, subscriber: Subscriber, last_sent: int) -> AsyncIterator[StatusChange]:
     """The subscriber's live changes newer than ``last_sent``; SubscriberTooSlow once it is dropped."""
+    handoff = DIRECT_DELIVERY.get()
+    if handoff is not None:
+        # NOTE: the transport encodes each change once per group of identical subscriptions
+        # and writes it itself: nothing is executed through GraphQL per subscriber.
+        subscriber.adopted = True
+        handoff.adopt(subscriber, last_sent, functools.partial(feed.release, subscriber))
+        return
     while True:
         live = await subscriber.next()
         if live is None:
-            raise SubscriberTooSlow(
-                f"this subscription fell more than {subscriber.queue_size} changes behind and was "
-                f'closed; subscribe again with after: "{last_sent}" to resume without missing a change'
-            )
+            raise SubscriberTooSlow(too_slow_message(subscriber.queue_size, last_sent))
         if live.id > last_sent:
             yield live
             last_sent = live.id
+
+
+def too_slow_message(queue_size: int, last_sent: int) -> str:
+    """What a subscriber dropped for falling behind is told: why, and where to resume."""
+    return (
+        f"this subscription fell more than {queue_size} changes behind and was closed; "
+        f'subscribe again with after: "{last_sent}" to resume without missing a change'
+    )
 
 
 async def _replay(

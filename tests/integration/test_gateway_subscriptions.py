@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import websockets
 
+from gateway import subscriptions
 from gateway.changes import follow_changes
 from gateway.context import Gateway
 from gateway.errors import SubscriberTooSlow
-from gateway.execution import SharedEventExecution
 from gateway.paging import TransferFilter, address_spellings
 from tests.integration.test_gateway import (
     ALICE,
@@ -218,7 +218,7 @@ async def test_a_slow_consumer_is_cut_off_while_the_others_keep_receiving(
         await gateway.stop()
 
 
-async def test_identical_subscriptions_share_one_execution_per_change(
+async def test_identical_subscriptions_share_one_encoding_per_change(
     served: str, transfers: Transfers
 ) -> None:
     tid = await transfers.add(1, sender=ALICE, recipient=CAROL)
@@ -227,20 +227,29 @@ async def test_identical_subscriptions_share_one_execution_per_change(
         " transferUpdated(id: $id, after: $after) { cursor status transfer { status } } }"
     )
     latest = await transfers.conn.fetchval("SELECT max(id) FROM transfer_status_history")
-    variables = {"id": tid, "after": str(latest)}
-    SharedEventExecution._shared.clear()  # entries of earlier tests (other databases) may linger
-    clients = [await Client.open(served, document, variables) for _ in range(3)]
+    # NOTE: the root field's arguments (here a different resume point) do not split the group.
+    clients = [
+        await Client.open(served, document, {"id": tid, "after": str(latest)}),
+        await Client.open(served, document, {"id": tid, "after": str(latest)}),
+        await Client.open(served, document, {"id": tid, "after": "0"}),
+    ]
     try:
+        replayed = await clients[2].change()
         await asyncio.sleep(0.3)  # let the three subscriptions register
         await transfers.move(tid, S.CONFIRMED)
         received = [await client.change() for client in clients]
     finally:
         for client in clients:
             await client.close()
+    assert (replayed["cursor"], replayed["status"]) == (str(latest), "PENDING")
     assert received[0] == received[1] == received[2]
     assert received[0]["status"] == "CONFIRMED"
     assert received[0]["transfer"] == {"status": "CONFIRMED"}
-    shared = [
-        key for key in SharedEventExecution._shared if key[2] == received[0]["cursor"] and tid in key[1]
+    cursor = int(received[0]["cursor"])
+    encodings = [
+        key
+        for payloads in list(subscriptions._PAYLOADS.values())
+        for key in payloads._entries
+        if key[1] == cursor and key[0][0] == document
     ]
-    assert len(shared) == 1  # one execution served all three
+    assert len(encodings) == 1  # one execution and one encoding served all three

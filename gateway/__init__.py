@@ -12,7 +12,9 @@ operator requests and the route pause flag (docs/graphql.md). Module map:
 - ``resolvers``, ``inputs``, ``paging``, ``reads``, ``records``: transfer answers.
 - ``catalog``, ``catalog_reads``: chains, routes, tokens, stats.
 - ``changes``: live status changes, fanned out in memory to subscribers.
-- ``execution``: one GraphQL execution per change shared by identical subscriptions.
+- ``subscriptions``: WebSocket protocol handlers: live changes encoded once per group of
+  identical subscriptions and written to every socket, keep-alives, slow consumers closed.
+- ``execution``: one GraphQL execution per replayed change shared by identical subscriptions.
 - ``admin``, ``auth``, ``keys``: admin mutations, the audit log, credentials.
 - ``limits``, ``protection``: depth/cost/alias limits, rate and size limits.
 - ``errors``: which errors users see and which are masked.

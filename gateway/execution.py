@@ -7,6 +7,11 @@ keys each subscription event by the operation (the parsed document is shared
 through the parser cache), the variables and the change's cursor, and hands every
 subscriber the same result.
 
+Live changes of WebSocket subscriptions no longer come this way (``gateway.subscriptions``
+encodes them once per group); this serves what still runs through Strawberry: replays of
+stored changes (a reconnect storm replays the same changes to many clients) and
+subscriptions over other transports.
+
 The result is kept ``SHARE_SECONDS`` only: nested fields such as ``transfer``
 show the transfer as it is now, so a subscriber replaying the same change much
 later gets a fresh execution. Awaiters are shielded from each other: one

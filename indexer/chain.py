@@ -132,15 +132,16 @@ class ChainReader:
 
         The hinted headers must cover ``cursor+1 ..`` the newest hint (at most
         ``HINTED_BLOCKS``) and link by parent hash; the caller checks the first one
-        against the indexed tip. ``eth_getLogs`` by ``blockHash`` answers exactly that
-        block's logs, so no head, header or re-read is needed. A node that does not know
-        the block yet (another provider than the WebSocket's) answers an error, or an
-        empty list that the block's bloom contradicts: then None, and the caller reads
-        by number as usual.
+        against the indexed tip. One batch asks for each block's logs by
+        ``blockHash`` (exactly that block's logs: no re-read needed) and for the last
+        block by number, which must be the hinted one: its hash commits to every block
+        below, so a hint the HTTP node does not hold as canonical (a stale branch, a
+        block it has not seen yet) is never indexed. Then, as for an error, or an empty
+        answer the block's bloom contradicts: None, and the caller reads by number.
         """
         head = max(hints)
         first, last = cursor + 1, min(head, cursor + self.chain.log_range)
-        if last < first or last - first >= HINTED_BLOCKS:
+        if last < first or last != head or last - first >= HINTED_BLOCKS:
             return None
         headers = {n: hints[n] for n in range(first, last + 1) if n in hints}
         if len(headers) != last - first + 1 or any(
@@ -149,16 +150,15 @@ class ChainReader:
             return None
         finalized = await self._finalized(rpc)
         topics = [[TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC]]
-        filters = [
-            {"address": self._bridges, "topics": topics, "blockHash": headers[n].hash}
+        calls: list[tuple[str, list[Any]]] = [
+            ("eth_getLogs", [{"address": self._bridges, "topics": topics, "blockHash": headers[n].hash}])
             for n in range(first, last + 1)
         ]
         try:
-            if len(filters) == 1:
-                answers = [await rpc.call("eth_getLogs", filters[0])]
-            else:
-                answers = await rpc.batch([("eth_getLogs", [f]) for f in filters])
+            *answers, canonical = await rpc.batch([*calls, ("eth_getBlockByNumber", [hex(last), False])])
         except RpcError:
+            return None
+        if canonical is None or parse_header(canonical, last).hash != headers[last].hash:
             return None
         events: list[BridgeEvent] = []
         for answer in answers:

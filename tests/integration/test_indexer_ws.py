@@ -9,13 +9,16 @@ Real anvil (which serves WebSocket on its HTTP port) and a real PostgreSQL:
   again; the indexed locks equal the chain's;
 - garbage on the WebSocket (malformed JSON, another chain id) counts against that
   endpoint's index and never stops indexing;
+- a reorg while heads come over the WebSocket is rolled back like any other
+  (a notified block is read by hash only while the HTTP node holds it as canonical);
 - the ``blocks`` table keeps only the recent window a reorg walk needs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -26,7 +29,7 @@ from prometheus_client import REGISTRY
 from ferry.contracts import TOKENS_LOCKED_TOPIC
 from ferry.db import create_pool
 from ferry.deploy import lock_tokens
-from ferry.devstack import DevChain, DevNetwork
+from ferry.devstack import DevChain, DevNetwork, start_dev_network
 from ferry.domain import transfer_id
 from ferry.rpc import RpcClient
 from ferry.settings import ChainConfig
@@ -36,6 +39,8 @@ from indexer.follower import Follower
 from tests.support.ws_relay import FakeHeads, TcpRelay
 
 ONE = 10**18
+#: Locks on the session's shared chains stay small: other tests lock from the same balance.
+SMALL = ONE // 100
 T = TypeVar("T")
 
 
@@ -122,7 +127,7 @@ async def test_new_heads_over_websocket_wake_the_follower_without_polling(
         await eventually(lambda: asyncio.sleep(0, follower.heads.subscribed), "the subscription")
         await asyncio.sleep(1)  # NOTE: the step that subscribing wakes is over: the follower now waits
         notified = follower.heads.notifications
-        new = [lock(dev_chains, (700 + i) * ONE) for i in range(3)]
+        new = [lock(dev_chains, (700 + i) * SMALL) for i in range(3)]
         for transfer in new:
             await eventually(lambda t=transfer: indexed(pool, t), "a lock woken by a new head", seconds=20)
         assert not task.done(), "the follower stopped"
@@ -149,13 +154,13 @@ async def test_when_the_websocket_dies_polling_takes_over_without_missing_a_bloc
     task = asyncio.create_task(follower.run())
     try:
         await eventually(lambda: asyncio.sleep(0, heads.subscribed), "the subscription")
-        before = lock(dev_chains, 801 * ONE)
+        before = lock(dev_chains, 801 * SMALL)
         await eventually(lambda: indexed(pool, before), "a lock while the WebSocket is up")
         dropped = sample("ferry_rpc_errors_total", {**labels, "kind": "unavailable"})
 
         await relay.cut()
         await eventually(lambda: asyncio.sleep(0, not heads.subscribed), "the subscription to drop")
-        during = [lock(dev_chains, (802 + i) * ONE) for i in range(3)]
+        during = [lock(dev_chains, (802 + i) * SMALL) for i in range(3)]
         for transfer in during:
             await eventually(lambda t=transfer: indexed(pool, t), "a lock found by polling")
         assert not heads.subscribed, "the WebSocket is cut: only polling can have found these locks"
@@ -165,7 +170,7 @@ async def test_when_the_websocket_dies_polling_takes_over_without_missing_a_bloc
         await relay.restore()
         await eventually(lambda: asyncio.sleep(0, heads.subscribed), "the subscription again", seconds=60)
         notified = heads.notifications
-        after = lock(dev_chains, 805 * ONE)
+        after = lock(dev_chains, 805 * SMALL)
         await eventually(lambda: indexed(pool, after), "a lock after the WebSocket came back")
         await eventually(lambda: caught_up(pool, source), "the follower at the head")
         assert heads.notifications > notified
@@ -195,7 +200,7 @@ async def test_garbage_on_the_websocket_counts_against_its_endpoint_and_polling_
     task = asyncio.create_task(follower.run())
     try:
         await eventually(lambda: asyncio.sleep(0, fake.connections > 0), "the subscription attempt")
-        transfer = lock(dev_chains, 900 * ONE)
+        transfer = lock(dev_chains, 900 * SMALL)
         await eventually(lambda: indexed(pool, transfer), "a lock found by polling")
         await eventually(
             lambda: asyncio.sleep(0, sample("ferry_rpc_errors_total", labels) > before), "the garbage count"
@@ -215,6 +220,84 @@ async def test_garbage_on_the_websocket_counts_against_its_endpoint_and_polling_
     assert await indexed_locks(pool, source) == await locks_on_chain(source)
 
 
+@pytest.fixture
+def own_network(tmp_path: Path) -> Iterator[DevNetwork]:
+    """Chains of this test's own: a reorg must not rewrite the session's shared chains."""
+    network = start_dev_network(tmp_path / "chains", (31537, 31538), confirmations=4)
+    try:
+        yield network
+    finally:
+        network.stop()
+
+
+async def test_a_reorg_while_heads_come_over_the_websocket_is_rolled_back(
+    own_network: DevNetwork, clean_db: str
+) -> None:
+    pool = await create_pool(clean_db)
+    try:
+        await follow_through_a_reorg(own_network, pool)
+    finally:
+        await pool.close()
+
+
+async def follow_through_a_reorg(own_network: DevNetwork, pool: asyncpg.Pool) -> None:
+    source = own_network.chains[0]
+    await service.prepare_database(pool, own_network.config)
+    ws_url = source.url.replace("http://", "ws://", 1)
+    chain = chain_with(own_network, ws_url, poll_interval=600)  # NOTE: heads only from the WebSocket
+    follower = Follower(chain, own_network.config, pool)
+    assert follower.heads is not None
+    heads = follower.heads
+    task = asyncio.create_task(follower.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, heads.subscribed), "the subscription")
+        await asyncio.sleep(1)
+        dropped = lock(own_network, 11 * ONE)
+        await eventually(lambda: indexed(pool, dropped), "the lock that the reorg drops")
+        await rpc_call(source, "anvil_reorg", 1, [])  # NOTE: replaces the lock's block with an empty one
+        await rpc_call(source, "anvil_mine", hex(1))
+        await eventually(
+            lambda: pool.fetchval("SELECT status = 'ORPHANED' FROM transfers WHERE id = $1", dropped),
+            "the dropped lock to be ORPHANED",
+        )
+        kept = lock(own_network, 12 * ONE)  # NOTE: the bridge nonce is free again: usually the same id
+        await rpc_call(source, "anvil_mine", hex(4))
+        await eventually(
+            lambda: pool.fetchval("SELECT status = 'CONFIRMED' FROM transfers WHERE id = $1", kept),
+            "the lock on the new branch to be CONFIRMED",
+        )
+        assert not task.done(), "the follower stopped"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await follower.close()
+
+    assert follower.reader.hinted_reads > 0
+    assert await pool.fetchval("SELECT count(*) FROM reorgs WHERE chain_id = $1", source.chain_id) == 1
+    history = await pool.fetch(
+        "SELECT from_status, to_status FROM transfer_status_history WHERE transfer_id = $1 ORDER BY id",
+        dropped,
+    )
+    assert [(r["from_status"], r["to_status"]) for r in history][:2] == [
+        (None, "PENDING"),
+        ("PENDING", "ORPHANED"),
+    ]
+    rows = await pool.fetch(
+        "SELECT id, amount FROM transfers WHERE source_chain_id = $1 AND status <> 'ORPHANED'",
+        source.chain_id,
+    )
+    assert {(r["id"], int(r["amount"])) for r in rows} == await locks_on_chain(source)
+    assert (dropped, 11 * ONE) not in await locks_on_chain(source)
+
+
+async def rpc_call(chain: DevChain, method: str, *params: object) -> object:
+    rpc = RpcClient(chain.url)
+    try:
+        return await rpc.call(method, *params)
+    finally:
+        await rpc.close()
+
+
 async def test_the_blocks_table_keeps_only_the_window_a_reorg_walk_needs(
     dev_chains: DevNetwork, pool: asyncpg.Pool
 ) -> None:
@@ -225,7 +308,7 @@ async def test_the_blocks_table_keeps_only_the_window_a_reorg_walk_needs(
         await rpc.call("anvil_mine", hex(400))
     finally:
         await rpc.close()
-    transfer = lock(dev_chains, 950 * ONE)
+    transfer = lock(dev_chains, 950 * SMALL)
     follower = Follower(chain, dev_chains.config, pool)
     try:
         for _ in range(100):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -130,11 +131,14 @@ def check_page_size(size: int, max_page_size: int, argument: str = "first") -> i
     return size
 
 
+@functools.lru_cache(maxsize=65_536)
 def address_spellings(address: str, argument: str = "address") -> tuple[str, ...]:
     """The checksummed and lowercase spellings of a valid ``address``; UserError otherwise.
 
     Accepts an EIP-55 checksummed or single-case 0x address. Both spellings are
-    matched, so the lookup does not depend on how a writer stored addresses.
+    matched, so the lookup does not depend on how a writer stored addresses. Cached:
+    the checksum costs a keccak, and the same addresses come back request after request
+    (a refusal raises, so it is never cached).
     """
     if not _HEX_ADDRESS.fullmatch(address):
         raise UserError(f"{argument} {_ADDRESS_FORMAT}")

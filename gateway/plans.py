@@ -116,6 +116,16 @@ class PlannedExecution(SharedEventExecution):
                 pass
         return super().execute_fields(parent_type, source_value, path, grouped_field_set, position_context)
 
+    def shares_plans(self) -> bool:
+        """True when this operation's plans depend on its document alone (no directives, no middleware)."""
+        no_middleware = self.middleware_manager is None or not self.middleware_manager.middlewares
+        return no_middleware and _directive_free(self.operation, self.fragments)
+
+    def value_reader(self, return_type: GraphQLOutputType, field_details_list: Any) -> Reader | None:
+        """The plan that completes a field of ``return_type`` selected by ``field_details_list``
+        (None when some part of it is not plannable); used by ``gateway.roots`` for root fields."""
+        return self._completer(return_type, field_details_list)
+
     def _plan_for(self, parent_type: GraphQLObjectType, grouped_field_set: Any) -> Reader | None:
         try:
             plans = self._plans

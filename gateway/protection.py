@@ -14,22 +14,34 @@ the request's scope.
 
 Buckets live in memory per process (several gateway processes each allow the
 rate); idle buckets are forgotten so memory stays bounded.
+
+``RequestGuard`` is what ``gateway.app`` installs: these limits together with the
+request id and time bound of ``gateway.request_id`` and CORS, in one ASGI pass.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ferry import metrics
+from ferry import logs, metrics
+from gateway.request_id import HEADER as REQUEST_ID_HEADER
+from gateway.request_id import RequestTimeout, request_id
 
 MAX_TRACKED_CLIENTS = 50_000
 WS_RATE_LIMITED = 4429
 #: Scope key of ``charge(tokens) -> seconds to wait`` (0: taken) for the request's client.
 RATE_CHARGE = "ferry.rate_charge"
+#: What cross-origin callers may use (credentials travel in the Authorization header).
+CORS_METHODS = ["GET", "POST", "OPTIONS"]
+CORS_HEADERS = ["authorization", "content-type"]
 
 
 class TokenBuckets:
@@ -158,3 +170,72 @@ async def _error(send: Send, status: int, message: str, headers: dict[str, str] 
     raw += [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuard(Protection):
+    """Request id, time bound, CORS, rate and size limits in one ASGI pass.
+
+    The same behaviour as ``RequestId(RequestTimeout(CORSMiddleware(Protection(app))))``
+    (the order ``gateway.app`` used to stack them in), without four layers of
+    wrappers per request: one ``send`` adds the CORS headers (Starlette's own
+    ``CORSMiddleware.send``) then the request id, and the time bound, the token and
+    the body count happen here. So a refusal (429, 413) carries the CORS headers and
+    the request id, and the time-out answer carries the request id, as before.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, rate: float, max_body: int, timeout: float, cors_origins: Sequence[str]
+    ) -> None:
+        super().__init__(app, rate=rate, max_body=max_body)
+        self.timeout = RequestTimeout(app, seconds=timeout)
+        # NOTE: Starlette's CORS middleware for its header logic only (RequestGuard calls
+        # preflight_response and send; the app is never called through it).
+        self.cors = CORSMiddleware(
+            app, allow_origins=list(cors_origins), allow_methods=CORS_METHODS, allow_headers=CORS_HEADERS
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            rid = request_id(scope)
+            with logs.bind(request_id=rid):
+                await self._guarded(scope, receive, send, rid.encode())
+        elif scope["type"] == "websocket":
+            with logs.bind(request_id=request_id(scope)):
+                await self._websocket(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send, rid: bytes) -> None:
+        request_headers = Headers(scope=scope)
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, rid)]
+            await send(message)
+
+        async def answer(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await self.cors.send(message, send_with_id, request_headers)
+            else:
+                await send_with_id(message)
+
+        preflight = (
+            scope["method"] == "OPTIONS"
+            and "origin" in request_headers
+            and "access-control-request-method" in request_headers
+        )
+        try:
+            async with asyncio.timeout(self.timeout.seconds):
+                if preflight:  # CORS answers it before the limits, with its own headers only
+                    response = self.cors.preflight_response(request_headers=request_headers)
+                    await response(scope, receive, send_with_id)
+                else:
+                    await self._http(scope, receive, answer)
+        except TimeoutError:
+            if not started:
+                await self.timeout.answer_timeout(send_with_id)
+            else:
+                self.timeout.log_timeout()

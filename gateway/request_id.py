@@ -79,17 +79,25 @@ class RequestTimeout:
             async with asyncio.timeout(self.seconds):
                 await self.app(scope, receive, tracking_send)
         except TimeoutError:
-            logging.getLogger(__name__).warning("request exceeded %.0f s and was cut off", self.seconds)
             if started:
-                return
-            body = json.dumps(
-                {
-                    "data": None,
-                    "errors": [
-                        {"message": f"the request took longer than {self.seconds:g} s; try a narrower query"}
-                    ],
-                }
-            ).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+                self.log_timeout()
+            else:
+                await self.answer_timeout(send)
+
+    def log_timeout(self) -> None:
+        logging.getLogger(__name__).warning("request exceeded %.0f s and was cut off", self.seconds)
+
+    async def answer_timeout(self, send: Send) -> None:
+        """Log the time-out and answer it with a GraphQL error (the response has not started)."""
+        self.log_timeout()
+        body = json.dumps(
+            {
+                "data": None,
+                "errors": [
+                    {"message": f"the request took longer than {self.seconds:g} s; try a narrower query"}
+                ],
+            }
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

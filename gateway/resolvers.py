@@ -65,6 +65,13 @@ async def transfer(info: Info, id: strawberry.ID) -> Transfer | None:
     return None if record is None else shown(info.context.gateway, record)
 
 
+async def transfer_now(gateway: Gateway, id: str) -> Transfer | None:
+    """``transfer(id)`` read directly, without the DataLoader (``gateway.roots``: one root, one read)."""
+    wanted = canonical_transfer_id(id)
+    record = (await reads.transfers_by_id(gateway.pool, [wanted])).get(wanted)
+    return None if record is None else shown(gateway, record)
+
+
 async def transfer_by_source_tx(info: Info, chain_id: BigInt, tx_hash: str) -> list[Transfer]:
     if not _TX_HASH.fullmatch(tx_hash):
         raise UserError("txHash must be a 0x-prefixed 32-byte hex transaction hash")
@@ -86,7 +93,30 @@ async def transfers(
         strawberry.argument(deprecation_reason="Use filter: {address: ...}, which this is the same as."),
     ] = None,
 ) -> TransferConnection:
-    gateway = info.context.gateway
+    return await transfer_page(
+        info.context.gateway,
+        filter=filter,
+        order_by=order_by,
+        first=first,
+        after=after,
+        last=last,
+        before=before,
+        address=address,
+    )
+
+
+async def transfer_page(
+    gateway: Gateway,
+    *,
+    filter: TransferFilterInput | None = None,
+    order_by: TransferOrderInput | None = None,
+    first: int | None = None,
+    after: str | None = None,
+    last: int | None = None,
+    before: str | None = None,
+    address: str | None = None,
+) -> TransferConnection:
+    """One page of ``transfers`` (the resolver's work, also run by ``gateway.roots``)."""
     limit = gateway.settings.max_page_size
     if last is not None and (first is not None or after is not None):
         raise UserError("pass first/after to page forward or last/before to page backward, not both")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -14,8 +15,16 @@ import httpx
 import pytest
 import uvicorn
 import websockets
+from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from gateway.app import create_app
+from gateway.protection import CORS_HEADERS, CORS_METHODS, Protection, RequestGuard
+from gateway.request_id import RequestId, RequestTimeout
 from tests.integration.test_gateway import WAIT, free_port, messages, settings_for, until
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
@@ -191,3 +200,77 @@ async def test_websocket_rate_limit_closes_the_connection_with_a_reason(clean_db
     finally:
         server.should_exit = True
         await task
+
+
+# --- RequestGuard: the four guards in one pass answer what the four stacked middlewares answered ---
+
+
+def _inner_app() -> Starlette:
+    async def graphql_echo(request: Request) -> JSONResponse:
+        body = await request.body()
+        return JSONResponse({"data": {"echo": body.decode()}}, headers={"vary": "Accept-Encoding"})
+
+    async def stuck(_request: Request) -> JSONResponse:
+        await asyncio.Event().wait()  # never set: a request that would hang forever
+        return JSONResponse({})
+
+    async def health(_request: Request) -> PlainTextResponse:
+        return PlainTextResponse("alive")
+
+    routes = [
+        Route("/graphql", graphql_echo, methods=["GET", "POST", "OPTIONS"]),
+        Route("/stuck", stuck),
+    ]
+    return Starlette(routes=[*routes, Route("/health", health)])
+
+
+def _stacked(app: ASGIApp, origins: list[str]) -> ASGIApp:
+    """What gateway.app installed before RequestGuard, outermost first."""
+    limited = Protection(app, rate=0.001, max_body=200)
+    cors = CORSMiddleware(
+        limited, allow_origins=origins, allow_methods=CORS_METHODS, allow_headers=CORS_HEADERS
+    )
+    return RequestId(RequestTimeout(cors, seconds=0.3))
+
+
+def _answer(response: httpx.Response) -> tuple[int, list[tuple[str, str]], str]:
+    # NOTE: the seconds to wait in a 429 depend on when it was asked
+    text = re.sub(r"retry in [0-9.]+ s", "retry in N s", response.text)
+    headers = [(k, v) for k, v in response.headers.multi_items() if k != "retry-after"]
+    return response.status_code, headers, text
+
+
+@pytest.mark.parametrize("origins", [["https://wallet.example"], ["*"]])
+async def test_request_guard_answers_exactly_as_the_stacked_middlewares(origins: list[str]) -> None:
+    wallet, evil = {"origin": "https://wallet.example"}, {"origin": "https://evil.example"}
+    preflight = {"access-control-request-method": "POST", "access-control-request-headers": "content-type"}
+    requests: list[tuple[str, str, dict[str, str], bytes]] = [
+        ("GET", "/health", {}, b""),
+        ("OPTIONS", "/graphql", {**wallet, **preflight}, b""),  # preflight: no rate token
+        ("OPTIONS", "/graphql", {**evil, **preflight}, b""),
+        ("POST", "/graphql", {**wallet, "content-type": "application/json"}, b'{"query": "{ a }"}'),
+        ("POST", "/graphql", evil, b"{}"),  # the bucket is empty now: 429, with CORS headers
+        ("POST", "/graphql", {}, b"x" * 500),  # 413 by Content-Length
+        ("GET", "/stuck", wallet, b""),  # not rate limited; cut off at 0.3 s
+        ("GET", "/health", evil, b""),
+    ]
+    answers = []
+    for app in (
+        RequestGuard(_inner_app(), rate=0.001, max_body=200, timeout=0.3, cors_origins=origins),
+        _stacked(_inner_app(), origins),
+    ):
+        seen = []
+        for number, (method, path, headers, body) in enumerate(requests):
+            # NOTE: the 413 comes from another client address, whose bucket is still full
+            client = ("10.0.0.2" if number == 5 else "10.0.0.1", 4000)
+            transport = httpx.ASGITransport(app=app, client=client)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                sent = {**headers, "x-request-id": f"rid-{number}"}
+                seen.append(_answer(await http.request(method, path, headers=sent, content=body)))
+        answers.append(seen)
+    guarded, stacked = answers
+    assert guarded == stacked
+    statuses = [status for status, _, _ in guarded]
+    assert statuses == [200, 200, 200 if origins == ["*"] else 400, 200, 429, 413, 200, 200]
+    assert "took longer than 0.3 s" in guarded[6][2]
+    assert all(("x-request-id", f"rid-{n}") in headers for n, (_, headers, _) in enumerate(guarded))

@@ -6,15 +6,19 @@ Transfers are written through the same code paths as the real writers (see test_
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
+from gateway import roots
 from gateway.app import create_app
+from gateway.errors import MASKED_MESSAGE
 from tests.integration.test_gateway import (
     ALICE,
     BOB,
@@ -336,3 +340,138 @@ async def test_stats_count_volume_success_and_latency_over_the_window(
     assert week["count"] == 4
     other = (await graphql(client, query, w="DAY", r="USD:31337-31338"))["data"]["stats"]
     assert other == {"count": 0, "volume": [], "successRate": None, "latencyP50": None, "latencyP99": None}
+
+
+# --- planned operations (gateway.roots) answer exactly what graphql-core and Strawberry answer ---
+
+ALL_PLAIN_FIELDS = """
+    id routeId token sourceChainId sourceBridge nonce targetChainId sender recipient amount decimals
+    amountFormatted status confirmationsRequired lockTxHash lockBlockNumber lockedAt releaseTxHash
+    releaseBlockNumber releasedAt attempts lastError updatedAt
+"""
+BY_ID = f"query($id: ID!) {{ transfer(id: $id) {{ {ALL_PLAIN_FIELDS} }} }}"
+#: (document, variables, True when it is answered by a plan).
+SAME_ANSWERS: list[tuple[str, dict[str, Any], bool]] = [
+    (BY_ID, {"id": "<a>"}, True),
+    (BY_ID, {"id": "<released>"}, True),
+    (BY_ID, {"id": f"31337:{BRIDGE.lower()}:999"}, True),  # no such transfer: null
+    (BY_ID, {"id": "not a transfer id"}, False),  # UserError
+    (BY_ID, {"id": 5}, False),  # ID accepts an integer, which is then a bad transfer id
+    (BY_ID, {"id": True}, False),  # a variable graphql-core refuses
+    (BY_ID, {}, False),  # a required variable missing
+    (
+        """query Two($x: ID!) { first: transfer(id: $x) { ...Plain }
+           second: transfer(id: "<b>") { id status sender } }
+           fragment Plain on Transfer { id amount amountFormatted sender status }""",
+        {"x": "<c>"},
+        True,
+    ),
+    (
+        """query($a: String!, $n: Int) { transfers(filter: {address: $a}, first: $n) {
+           edges { node { id status amount sender recipient lockTxHash lockedAt } }
+           pageInfo { hasNextPage hasPreviousPage startCursor endCursor } } }""",
+        {"a": ALICE.lower(), "n": 2},
+        True,
+    ),
+    (
+        """{ transfers(orderBy: {field: AMOUNT, direction: ASC}, last: 2,
+           filter: {status: [PENDING, CONFIRMED], amountMin: "150"}) { edges { node { id amount } } } }""",
+        {},
+        True,
+    ),
+    ("query($n: Int) { transfers(first: $n) { edges { node { id } } } }", {"n": 0}, False),  # page size
+    ('{ transfers(filter: {address: "0x12"}) { edges { node { id } } } }', {}, False),  # bad address
+    # not plannable: a resolver below the root, a directive, a field without a direct read
+    ("query($id: ID!) { transfer(id: $id) { id confirmations history { status } } }", {"id": "<a>"}, False),
+    ("{ transfers(first: 3) { totalCount edges { cursor node { id } } } }", {}, False),
+    (
+        "query($id: ID!, $s: Boolean!) { transfer(id: $id) { id sender @include(if: $s) } }",
+        {"id": "<a>", "s": True},
+        False,
+    ),
+    ('{ chains { id name } transfer(id: "<a>") { id } }', {}, False),
+]
+
+
+@pytest.fixture
+async def planned_transfers(transfers: Transfers) -> dict[str, str]:
+    made = {
+        "a": await transfers.add(1, sender=ALICE, recipient=BOB, amount=100),
+        "b": await transfers.add(2, sender=BOB, recipient=ALICE, amount=10**18 + 5, token="USD"),
+        "c": await transfers.add(
+            3, sender=CAROL, recipient=ALICE, amount=200, locked_at=T0 + timedelta(hours=1)
+        ),
+        "released": await transfers.add(4, sender=ALICE, recipient=CAROL, amount=10**30),
+    }
+    await transfers.move(made["c"], S.CONFIRMED)
+    await transfers.move(made["released"], S.CONFIRMED)
+    await transfers.move(made["released"], S.SUBMITTED, tx_hash="0x" + "ab" * 32)
+    await transfers.move(made["released"], S.RELEASED, tx_hash="0x" + "ab" * 32, block_number=120)
+    await transfers.conn.execute(
+        "UPDATE transfers SET attempts = 2, last_error = 'nonce too low at https://rpc.example/key',"
+        " release_block_time = lock_block_time + interval '30 seconds' WHERE id = $1",
+        made["released"],
+    )
+    return made
+
+
+def _filled(value: Any, made: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        for name, made_id in made.items():
+            value = value.replace(f"<{name}>", made_id)
+        return value
+    if isinstance(value, dict):
+        return {key: _filled(item, made) for key, item in value.items()}
+    return value
+
+
+def _canonical(body: bytes) -> bytes:
+    """The JSON re-encoded compactly, key order kept: equal when the answers are the same."""
+    return orjson.dumps(orjson.loads(body))
+
+
+@pytest.mark.parametrize(("document", "variables", "planned"), SAME_ANSWERS)
+async def test_planned_operations_answer_byte_for_byte_what_strawberry_answers(
+    client: httpx.AsyncClient,
+    planned_transfers: dict[str, str],
+    document: str,
+    variables: dict[str, Any],
+    planned: bool,
+) -> None:
+    document, variables = _filled(document, planned_transfers), _filled(variables, planned_transfers)
+    before = (roots.COUNTS.planned, roots.COUNTS.handed_back)
+    posted = await client.post("/graphql", json={"query": document, "variables": variables})
+    taken = (roots.COUNTS.planned - before[0], roots.COUNTS.handed_back - before[1])
+    # NOTE: a GET reaches Strawberry's own view (parse, validate, extensions, graphql-core): the reference.
+    reference = await client.get("/graphql", params={"query": document, "variables": json.dumps(variables)})
+    assert posted.status_code == reference.status_code == 200, (posted.text, reference.text)
+    assert _canonical(posted.content) == _canonical(reference.content)
+    answered_by_plan = taken == (1, 0)
+    assert answered_by_plan == planned, (taken, posted.text)
+    if planned:  # and the planned answer is a real one, not a shared fallback
+        assert "errors" not in posted.json()
+
+
+async def test_a_plan_hands_back_to_graphql_core_when_a_read_fails(
+    client: httpx.AsyncClient, planned_transfers: dict[str, str], transfers: Transfers
+) -> None:
+    """A row the plan cannot show (a status the API does not know) errors exactly as on graphql-core."""
+    query = "query($id: ID!) { transfer(id: $id) { id status } }"
+    variables = {"id": planned_transfers["a"]}
+    assert (await client.post("/graphql", json={"query": query, "variables": variables})).json()["data"]
+    # NOTE: this session's own database; the check constraint comes back below.
+    check = await transfers.conn.fetchval(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'transfers_status_known'"
+    )
+    await transfers.conn.execute("ALTER TABLE transfers DROP CONSTRAINT transfers_status_known")
+    try:
+        await transfers.conn.execute("UPDATE transfers SET status = 'MYSTERY' WHERE id = $1", variables["id"])
+        handed_back = roots.COUNTS.handed_back
+        posted = await client.post("/graphql", json={"query": query, "variables": variables})
+        reference = await client.get("/graphql", params={"query": query, "variables": json.dumps(variables)})
+    finally:
+        await transfers.conn.execute("UPDATE transfers SET status = 'PENDING' WHERE status = 'MYSTERY'")
+        await transfers.conn.execute(f"ALTER TABLE transfers ADD CONSTRAINT transfers_status_known {check}")
+    assert roots.COUNTS.handed_back == handed_back + 1
+    assert _canonical(posted.content) == _canonical(reference.content)
+    assert messages(posted.json()) == [MASKED_MESSAGE]

@@ -30,7 +30,7 @@ from gateway.context import Gateway, GatewayContext
 from gateway.protection import Protection
 from gateway.request_id import RequestId, RequestTimeout
 from gateway.schema import schema
-from gateway.subscriptions import LegacyWSHandler, TransportWSHandler
+from gateway.subscriptions import LegacyWSHandler, RawWebSocketSend, TransportWSHandler
 
 #: The readiness checks that make /ready answer 503 (redis is informational, for admins).
 GATING_CHECKS = ("database", "listener")
@@ -71,6 +71,7 @@ def cors_origins(settings: Settings) -> tuple[str, ...]:
 def protections(settings: Settings) -> list[Middleware]:
     """Request ids, CORS, then per-client rate and request size limits, around the GraphQL routes."""
     return [
+        Middleware(RawWebSocketSend),  # NOTE: outermost: the server's own send (gateway.subscriptions)
         Middleware(RequestId),
         Middleware(RequestTimeout, seconds=settings.gateway_request_timeout),
         Middleware(

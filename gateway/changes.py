@@ -80,6 +80,7 @@ class Subscriber:
         "_changes",
         "_waiter",
         "adopted",
+        "direct",
         "dropped",
         "queue_size",
         "start_cursor",
@@ -102,6 +103,9 @@ class Subscriber:
         self.dropped = False
         #: Handed to a live delivery (``LiveHandoff``), which releases it when it ends.
         self.adopted = False
+        #: Writes a change to the client at once (True) or declines (False); tried only while
+        #: the consumer waits on an empty queue, so the order of changes is kept.
+        self.direct: Callable[[StatusChange], bool] | None = None
         self._changes: deque[StatusChange] = deque()
         self._waiter: asyncio.Future[None] | None = None
 
@@ -109,6 +113,10 @@ class Subscriber:
         """Queue ``change``; False (and dropped from now on) when the queue is full."""
         if self.dropped:
             return False
+        waiter = self._waiter
+        idle = waiter is not None and not waiter.done() and not self._changes
+        if idle and self.direct is not None and self.direct(change):
+            return True
         if len(self._changes) >= self.queue_size:
             self.dropped = True
             self._changes.clear()

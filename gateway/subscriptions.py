@@ -14,8 +14,12 @@ graphql-core per subscriber: the handler puts a ``DirectDelivery`` in
   fields such as ``transfer`` show the transfer as it is now);
 - each subscriber's frame is that payload between a prefix made once per
   subscription (protocol framing and the client's operation id), written to its
-  socket. The work per subscriber is a mailbox wake-up, a string concatenation
-  and a socket write.
+  socket. While a subscriber's queue is empty and its socket takes writes without
+  waiting, the feed writes the frame itself in its own step, as a broadcast does
+  (``_write_now``: uvicorn's websockets-sansio protocol, found through
+  ``RawWebSocketSend``); otherwise the change is queued and the subscription's task
+  writes it through ASGI. The work per subscriber is a string concatenation, a
+  frame header and a socket write.
 
 The per-subscriber bounded queue (``gateway.changes.Subscriber``) is kept: a
 client that stops reading blocks its socket's writes, its mailbox fills and the
@@ -55,6 +59,7 @@ from graphql import (
     VariableNode,
     parse,
 )
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.http.async_base_view import AsyncBaseHTTPView, AsyncWebSocketAdapter
 from strawberry.schema import BaseSchema
@@ -70,6 +75,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 )
 from strawberry.types.execution import ExecutionResult as StrawberryResult
 from strawberry.utils.aio import aclosing
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from gateway.changes import DIRECT_DELIVERY, Subscriber, too_slow_message
 from gateway.context import Gateway, GatewayContext
@@ -85,6 +91,8 @@ SHARE_SECONDS = 1.0
 #: Close code and reason for a connection whose subscription fell behind (RFC 6455: try again later).
 TOO_SLOW_CODE = 1013
 DOCUMENT_PLANS = 1_024
+#: Where ``RawWebSocketSend`` keeps the server's send in a WebSocket scope.
+RAW_SEND = "ferry.raw_send"
 
 
 # --- groups: which subscriptions share one encoding of a change -------------------------------------
@@ -266,8 +274,10 @@ class DirectDelivery:
         "_context",
         "_key",
         "_last_sent",
+        "_payloads",
         "_plan",
         "_prefix",
+        "_protocol",
         "_release",
         "_send",
         "_subscriber",
@@ -290,6 +300,8 @@ class DirectDelivery:
         self._variables = variables
         self._context = context
         self._key = group_key(query, plan, variables)
+        self._payloads = shared_payloads(context.gateway)
+        self._protocol = _uvicorn_protocol(context)
         self._subscriber: Subscriber | None = None
         self._last_sent = 0
         self._release: Callable[[], None] | None = None
@@ -313,23 +325,51 @@ class DirectDelivery:
         """Deliver until the subscriber is dropped for falling behind; the last cursor sent."""
         subscriber = self._subscriber
         assert subscriber is not None
-        payloads = shared_payloads(self._context.gateway)
-        last_sent = self._last_sent
+        if self._protocol is not None:
+            subscriber.direct = self._write_now
         try:
             while True:
                 change = await subscriber.next()
                 if change is None:
-                    self.too_slow_after = last_sent
-                    return last_sent
-                if change.id <= last_sent:
+                    self.too_slow_after = self._last_sent
+                    return self._last_sent
+                if change.id <= self._last_sent:
                     continue
-                encoded = payloads.payload(self._key, self._plan, self._variables, self._context, change)
+                encoded = self._payload(change)
                 if not isinstance(encoded, str):
                     encoded = await encoded
                 await self._send(self._prefix + encoded + "}")
-                last_sent = change.id
+                self._last_sent = change.id
         finally:
+            subscriber.direct = None
             self.release()
+
+    def _payload(self, change: StatusChange) -> str | asyncio.Future[str]:
+        return self._payloads.payload(self._key, self._plan, self._variables, self._context, change)
+
+    def _write_now(self, change: StatusChange) -> bool:
+        """Write ``change`` to the socket from the feed's own step, as a broadcast does.
+
+        Only while the socket takes writes without waiting and the payload is ready;
+        otherwise False, and the change goes through the queue and the subscription's task.
+        """
+        protocol = self._protocol
+        if change.id <= self._last_sent:
+            return True
+        if protocol is None or not protocol.writable.is_set() or protocol.close_sent or protocol.disconnected:
+            return False
+        try:
+            encoded = self._payload(change)
+            if not isinstance(encoded, str):
+                return False
+            # NOTE: what uvicorn's ASGI send does for "websocket.send", without the await.
+            protocol.conn.send_text((self._prefix + encoded + "}").encode())
+            protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+        except Exception:  # NOTE: never fail the feed's step; the queue path reports the problem
+            log.debug("direct write declined", exc_info=True)
+            return False
+        self._last_sent = change.id
+        return True
 
     def too_slow(self, cursor: int) -> StrawberryResult:
         """The subscription's last result: it fell behind, and where to resume."""
@@ -375,6 +415,29 @@ def _handed_over(source: Any) -> Any:
         DIRECT_DELIVERY.set(None)  # NOTE: nothing would run a handed-over subscription
         return source
     return _then_live(source, delivery)
+
+
+class RawWebSocketSend:
+    """ASGI middleware, outermost: keeps the server's own ``send`` of a WebSocket in its scope.
+
+    With uvicorn's websockets-sansio protocol behind it, live changes can be written to
+    the socket from the fan-out's step (``DirectDelivery._write_now``); with any other
+    server the subscription's task writes them through ASGI as usual.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope[RAW_SEND] = send
+        await self.app(scope, receive, send)
+
+
+def _uvicorn_protocol(context: GatewayContext) -> WebSocketsSansIOProtocol | None:
+    raw_send = context.request.scope.get(RAW_SEND)
+    protocol = getattr(raw_send, "__self__", None)
+    return protocol if isinstance(protocol, WebSocketsSansIOProtocol) else None
 
 
 class _TextSender:

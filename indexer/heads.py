@@ -5,9 +5,10 @@ seconds whatever happens here. A ``ws://`` / ``wss://`` entry in a chain's
 ``rpc_urls`` adds a subscription on top of it:
 
 - each notification's header (number, hash, parent hash, timestamp, logs bloom)
-  is kept in ``recent`` and sets ``wake``, so the follower steps at once and can
-  read the new block's logs by its hash without asking for the head or the
-  header again (``ChainReader.read_range``'s ``hints``);
+  is kept in ``recent`` and sets ``wake``, so the follower steps at once and
+  reads the new block's logs by its hash in one batch request, without asking for
+  the head or the headers (``ChainReader.read_hinted``, which also checks the
+  block is canonical on the HTTP node);
 - the subscription only wakes the follower: the follower still reads from its
   cursor by number, so a notification lost while the socket was down (or
   dropped by the node) costs latency, never a block;

@@ -18,6 +18,7 @@ from eth_abi.abi import decode as abi_decode
 from eth_typing import ABIFunction
 from eth_utils.abi import get_abi_output_types
 from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.contract import Contract
 
@@ -33,6 +34,51 @@ def _abi_contract() -> type[Contract]:
 def encode_call(function: str, *args: Any) -> str:
     """0x-hex call data for ``function(*args)`` of FerryBridge."""
     return str(_abi_contract().encode_abi(function, args=list(args)))
+
+
+RELEASE_BATCH_SELECTOR = keccak(text="releaseBatch((uint256,address,uint256,address,uint256)[],bytes[][])")[
+    :4
+]
+_SIGNATURE_WORDS = 3  # NOTE: 65 bytes padded to 96
+
+
+def _uint(value: int) -> bytes:
+    return value.to_bytes(32, "big")
+
+
+def encode_release_batch(
+    orders: Sequence[tuple[int, str, int, str, int]], signatures: Sequence[Sequence[bytes]]
+) -> str:
+    """0x-hex call data of ``releaseBatch(orders, signatures)``, ABI-encoded by hand.
+
+    The hot path of the submitter: web3's generic encoder takes ~10 ms per order, this
+    a few microseconds. Every signature is 65 bytes (``relayer.eip712``). A test checks
+    that it equals eth_abi's encoding.
+    """
+    if len(orders) != len(signatures):
+        raise ValueError("releaseBatch takes one signature list per order")
+    parts = [RELEASE_BATCH_SELECTOR, _uint(64), _uint(64 + 32 + 160 * len(orders)), _uint(len(orders))]
+    for source_chain_id, source_bridge, nonce, recipient, amount in orders:
+        parts += [
+            _uint(source_chain_id),
+            bytes(12) + bytes.fromhex(source_bridge[2:]),
+            _uint(nonce),
+            bytes(12) + bytes.fromhex(recipient[2:]),
+            _uint(amount),
+        ]
+    parts.append(_uint(len(signatures)))
+    offset = 32 * len(signatures)
+    for inner in signatures:
+        parts.append(_uint(offset))
+        offset += 32 + 32 * len(inner) + 32 * (1 + _SIGNATURE_WORDS) * len(inner)
+    for inner in signatures:
+        parts.append(_uint(len(inner)))
+        parts += [_uint(32 * len(inner) + 32 * (1 + _SIGNATURE_WORDS) * i) for i in range(len(inner))]
+        for signature in inner:
+            if len(signature) != 65:
+                raise ValueError("a release signature is 65 bytes")
+            parts += [_uint(65), signature + bytes(32 * _SIGNATURE_WORDS - 65)]
+    return "0x" + b"".join(parts).hex()
 
 
 def decode_result(function: str, data: Any) -> tuple[Any, ...]:

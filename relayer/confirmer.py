@@ -69,22 +69,28 @@ class Confirmer:
         self._last_head = -1
 
     async def check(self) -> None:
-        """Follow receipts and gaps when the head moved (or every few seconds), re-price when due."""
+        """Follow receipts when the head moved (or every few seconds), re-price when due.
+
+        The head and the account's mined nonce count are read together; receipts after them.
+        Asking the node about transactions it may have lost costs a request per transaction,
+        so that runs every ``GAP_CHECK_SECONDS`` only.
+        """
         if not self.s.open:
             TXS_IN_FLIGHT.labels(self.label).set(0)
             return
         loop = asyncio.get_running_loop()
-        head = await self.s.rpc.block_number()
-        if head != self._last_head or loop.time() >= self._next_gap_check:
-            # NOTE: the mined count is read before the receipts: a transaction mined in
-            # between shows up by its receipt and is never taken for a dropped one.
-            mined_count = await self.s.account_nonce("latest")
+        # NOTE: the mined count is read before the receipts: a transaction mined in
+        # between shows up by its receipt and is never taken for a dropped one.
+        head, mined_count = await asyncio.gather(self.s.rpc.block_number(), self.s.account_nonce("latest"))
+        gap_check = loop.time() >= self._next_gap_check
+        if head != self._last_head or gap_check:
             log.debug(
                 "chain %s head %d, mined nonces %d, %d open", self.label, head, mined_count, len(self.s.open)
             )
             await self.follow(head)
-            await self.repair_gaps(mined_count)
-            self._next_gap_check = loop.time() + GAP_CHECK_SECONDS
+            await self.repair_gaps(mined_count, ask_node=gap_check)
+            if gap_check:
+                self._next_gap_check = loop.time() + GAP_CHECK_SECONDS
             self._last_head = head
         await self.reprice()
         TXS_IN_FLIGHT.labels(self.label).set(sum(1 for tx in self.s.open.values() if tx.status == "SENT"))
@@ -127,7 +133,7 @@ class Confirmer:
         if not inclusion.succeeded:
             error = f"release transaction {inclusion.tx_hash} reverted in block {inclusion.block_number}"
             changes = await txstore.record_reverted(self.s.pool, tx, inclusion, error)
-            del self.s.open[tx.nonce]
+            self.s.open.pop(tx.nonce, None)
             RELEASES.labels(self.label, "reverted").inc()
             self.count(changes, routes)
             log.warning("%s; its %d transfers go back to be checked", error, len(tx.transfer_ids))
@@ -205,23 +211,23 @@ class Confirmer:
         assert tx.block_number is not None
         if head - tx.block_number + 1 >= self.s.chain.confirmations:
             changes = await txstore.record_final(self.s.pool, tx)
-            del self.s.open[tx.nonce]
+            self.s.open.pop(tx.nonce, None)
             self.count(changes, await self.routes_of(tx))
 
     # ------------------------------------------------------ gaps and fees
 
-    async def repair_gaps(self, mined_count: int) -> None:
+    async def repair_gaps(self, mined_count: int, *, ask_node: bool = True) -> None:
         sent = sorted((tx for tx in self.s.open.values() if tx.status == "SENT"), key=lambda tx: tx.nonce)
         waiting = [tx for tx in sent if tx.nonce >= mined_count]
         for tx in sent:
             if tx.nonce < mined_count:
                 error = f"nonce {tx.nonce} was used by another transaction; the transfers are sent again"
                 changes = await txstore.record_dropped(self.s.pool, tx, error)
-                del self.s.open[tx.nonce]
+                self.s.open.pop(tx.nonce, None)
                 RELEASES.labels(self.label, "dropped").inc()
                 self.count(changes, await self.routes_of(tx))
                 log.warning("release %s dropped: %s", tx.tx_hash, error)
-        if not waiting:
+        if not waiting or not ask_node:
             return
         calls = [("eth_getTransactionByHash", [h]) for tx in waiting for h in tx.hashes]
         known = {str(t["hash"]).lower() for t in await self.s.rpc.batch(calls) if isinstance(t, dict)}

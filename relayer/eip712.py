@@ -42,6 +42,7 @@ def _uint256(value: int, field: str) -> bytes:
     return value.to_bytes(32, "big")
 
 
+@lru_cache(maxsize=16_384)  # NOTE: bridges and recipients repeat; checksumming is a keccak each
 def _checksummed(address: str, field: str) -> str:
     """Validate a 0x-prefixed hex address and return it in checksum form.
 
@@ -132,6 +133,15 @@ def recover_signer(digest: bytes, signature: bytes) -> str:
     return _address_of(PublicKey.from_signature_and_message(recoverable, digest, hasher=None))
 
 
+@lru_cache(maxsize=64)
+def _signing_key(private_key: bytes) -> tuple[PrivateKey, bytes]:
+    """The key object and its 20-byte address (deriving the public key costs more than a signature)."""
+    if len(private_key) != 32:
+        raise ValueError("a signer private key is 32 bytes")
+    key = PrivateKey(private_key)
+    return key, keccak(key.public_key.format(compressed=False)[1:])[-20:]
+
+
 def sign_release_order(
     order: ReleaseOrder, chain_id: int, bridge: str, private_keys: list[bytes]
 ) -> list[bytes]:
@@ -139,10 +149,7 @@ def sign_release_order(
     digest = release_order_digest(order, chain_id, bridge)
     signed: list[tuple[bytes, bytes]] = []
     for private_key in private_keys:
-        if len(private_key) != 32:
-            raise ValueError("a signer private key is 32 bytes")
-        key = PrivateKey(private_key)
-        address = keccak(key.public_key.format(compressed=False)[1:])[-20:]
+        key, address = _signing_key(private_key)
         raw = key.sign_recoverable(digest, hasher=None)
         signed.append((address, raw[:64] + bytes([raw[64] + 27])))
     signed.sort(key=lambda pair: pair[0])

@@ -1,4 +1,4 @@
-"""Route limits: a confirmed transfer over one is HELD for an operator, never released.
+"""Route limits, checked for a whole set of transfers at once: over one, a transfer is HELD.
 
 Checked once per transfer, before its first release attempt (a transfer with a
 release attempt or a counted try was already let through, and a reorg that moves
@@ -19,93 +19,179 @@ The limits of a route (``RouteConfig``, token base units):
 "Earlier" is (lock block time, lock nonce), so every worker reaches the same
 answer. Counting includes transfers still CONFIRMED whose fate is undecided, so
 a transfer's answer never depends on a decision being made concurrently: two
-workers racing can only hold too much, never let too much through (no lock is
-needed, and vetting runs in parallel).
+workers racing can only hold too much, never let too much through.
+
+Set-based: ``LimitBook.load`` reads, for all the candidates of one route, the
+day's volume before the first of them (one aggregate query) and the counted
+transfers from an hour before the first candidate (of the candidates' senders)
+and between the first and the last candidate (of everyone) in one query. ``check``
+then walks the candidates in lock order keeping running aggregates (the day's
+volume, a sliding hour per sender), so a candidate held here stops counting for
+the candidates after it, exactly as if they had been checked one by one. No query
+runs per transfer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
 
-from ferry.domain import TransferStatus
-from ferry.metrics import LIMIT_HOLDS, TRANSFER_TRANSITIONS
-from ferry.settings import ChainsConfig, RouteConfig
-from ferry.transitions import Move, move_transfers
+from ferry.settings import RouteConfig
 
 #: States of transfers that were not let through: they do not count towards limits.
 NOT_COUNTED = ("PENDING", "ORPHANED", "HELD", "FAILED")
+HOUR = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
 class LimitSubject:
     """What the limits look at in one transfer."""
 
-    route_id: str
+    id: str
     sender: str
     recipient: str
     amount: Decimal
     nonce: Decimal
     lock_block_time: datetime
 
+    @property
+    def key(self) -> tuple[datetime, Decimal, str]:
+        return (self.lock_block_time, self.nonce, self.id)
 
-async def hold_if_over_limits(pool: asyncpg.Pool, chains: ChainsConfig, transfer_id: str) -> str | None:
-    """Move a CONFIRMED, never-tried transfer over a limit to HELD; returns the reason, or None."""
-    async with pool.acquire() as conn, conn.transaction():
-        subject = await _subject_if_unchecked(conn, transfer_id)
-        if subject is None:
-            return None
-        route = _route_of(chains, subject.route_id)
-        if route is None:
-            return None  # NOTE: relayer.plan holds transfers of unconfigured routes.
-        found = await limit_problem(conn, route, subject)
-        if found is None:
-            return None
-        limit, reason = found
-        changes = await move_transfers(
-            conn,
-            [
-                Move(
-                    transfer_id,
-                    TransferStatus.HELD,
-                    reason=reason,
-                    only_from=frozenset({TransferStatus.CONFIRMED}),
-                )
-            ],
+
+@dataclass(frozen=True)
+class _Counted:
+    """A transfer that counts towards the limits of its route (let through, or still waiting)."""
+
+    id: str
+    sender: str
+    amount: Decimal
+    lock_block_time: datetime
+    nonce: Decimal
+    #: Before the first candidate: already in the day's base volume, read only for the hourly count.
+    before_first: bool
+
+    @property
+    def key(self) -> tuple[datetime, Decimal, str]:
+        return (self.lock_block_time, self.nonce, self.id)
+
+
+@dataclass
+class LimitBook:
+    """The counted transfers around a set of candidates of one route, and the running aggregates."""
+
+    route: RouteConfig
+    counted: list[_Counted]
+    day_volume: dict[date, Decimal]
+    _hours: dict[str, deque[datetime]] = field(default_factory=dict)
+
+    @classmethod
+    async def load(
+        cls, conn: asyncpg.Connection, route: RouteConfig, candidates: Sequence[LimitSubject]
+    ) -> LimitBook:
+        """Read what the limits of ``candidates`` (one route) depend on, in two queries."""
+        if not candidates:
+            return cls(route, [], {})
+        first = min(candidates, key=lambda c: c.key)
+        last = max(candidates, key=lambda c: c.key)
+        day_volume: dict[date, Decimal] = {}
+        if route.daily_cap is not None:
+            day_volume[_day(first.lock_block_time)] = await conn.fetchval(
+                """
+                SELECT COALESCE(sum(amount), 0) FROM transfers
+                 WHERE route_id = $1 AND status <> ALL($4::text[])
+                   AND lock_block_time >= date_trunc('day', $2::timestamptz, 'UTC')
+                   AND (lock_block_time, nonce, id) < ($2, $3, $5)
+                """,
+                route.route_id,
+                first.lock_block_time,
+                first.nonce,
+                list(NOT_COUNTED),
+                first.id,
+            )
+        rows = await conn.fetch(
+            """
+            SELECT id, sender, amount, lock_block_time, nonce, false AS before_first FROM transfers
+             WHERE route_id = $1 AND status <> ALL($2::text[])
+               AND (lock_block_time, nonce, id) >= ($3, $4, $5)
+               AND (lock_block_time, nonce, id) <= ($6, $7, $8)
+            UNION ALL
+            SELECT id, sender, amount, lock_block_time, nonce, true FROM transfers
+             WHERE route_id = $1 AND status <> ALL($2::text[]) AND sender = ANY($9::text[])
+               AND lock_block_time > $3::timestamptz - interval '1 hour'
+               AND (lock_block_time, nonce, id) < ($3, $4, $5)
+            """,
+            route.route_id,
+            list(NOT_COUNTED),
+            first.lock_block_time,
+            first.nonce,
+            first.id,
+            last.lock_block_time,
+            last.nonce,
+            last.id,
+            sorted({c.sender for c in candidates}),
         )
-    if changes:
-        LIMIT_HOLDS.labels(subject.route_id, limit).inc()
-        TRANSFER_TRANSITIONS.labels(subject.route_id, TransferStatus.HELD.value).inc()
-        return reason
-    return None
+        counted = sorted((_Counted(**dict(row)) for row in rows), key=lambda c: c.key)
+        return cls(route, counted, day_volume)
 
+    def check(
+        self, candidates: Sequence[LimitSubject], skip: frozenset[str] = frozenset()
+    ) -> dict[str, tuple[str, str]]:
+        """(limit name, reason) for each candidate over a limit, walking in lock order.
 
-def _route_of(chains: ChainsConfig, route_id: str) -> RouteConfig | None:
-    return next((r for r in chains.routes if r.route_id == route_id), None)
-
-
-async def _subject_if_unchecked(conn: asyncpg.Connection, transfer_id: str) -> LimitSubject | None:
-    row = await conn.fetchrow(
+        ``skip`` names candidates held for another reason: they stop counting too.
         """
-        SELECT t.route_id, t.sender, t.recipient, t.amount, t.nonce, t.lock_block_time
-          FROM transfers AS t
-          LEFT JOIN relay_notes AS n ON n.transfer_id = t.id
-         WHERE t.id = $1 AND t.status = 'CONFIRMED' AND t.attempts = 0
-           AND n.limits_waived_at IS NULL
-           AND NOT EXISTS (SELECT 1 FROM release_attempts AS a WHERE a.transfer_id = t.id)
-        """,
-        transfer_id,
-    )
-    return None if row is None else LimitSubject(**dict(row))
+        by_id = {c.id: c for c in candidates}
+        problems: dict[str, tuple[str, str]] = {}
+        for row in self.counted:
+            if row.id in skip:
+                continue
+            subject = by_id.get(row.id)
+            if subject is not None:
+                found = self._problem(subject)
+                if found is not None:
+                    problems[row.id] = found
+                    continue
+            self._count(row)
+        return problems
+
+    def _count(self, row: _Counted) -> None:
+        self._hours.setdefault(row.sender, deque()).append(row.lock_block_time)
+        if not row.before_first and self.route.daily_cap is not None:
+            day = _day(row.lock_block_time)
+            self.day_volume[day] = self.day_volume.get(day, Decimal(0)) + row.amount
+
+    def _problem(self, subject: LimitSubject) -> tuple[str, str] | None:
+        route = self.route
+        found = static_problem(route, subject)
+        if found is not None:
+            return found
+        window = self._hours.setdefault(subject.sender, deque())
+        while window and window[0] <= subject.lock_block_time - HOUR:
+            window.popleft()
+        if len(window) >= route.sender_hourly_limit:
+            return "sender_rate", (
+                f"sender {subject.sender} already made {len(window)} transfers on route {route.route_id} in "
+                f"the hour before this one; the limit is {route.sender_hourly_limit} an hour"
+            )
+        if route.daily_cap is not None:
+            volume = self.day_volume.get(_day(subject.lock_block_time), Decimal(0))
+            if volume + subject.amount > route.daily_cap:
+                day = _day(subject.lock_block_time).isoformat()
+                return "daily_cap", (
+                    f"route {route.route_id} already carried {int(volume)} on {day} (UTC); this transfer's "
+                    f"{int(subject.amount)} would pass the daily cap of {route.daily_cap}"
+                )
+        return None
 
 
-async def limit_problem(
-    conn: asyncpg.Connection, route: RouteConfig, subject: LimitSubject
-) -> tuple[str, str] | None:
-    """(limit name, reason sentence) of the first limit the transfer breaks, or None."""
+def static_problem(route: RouteConfig, subject: LimitSubject) -> tuple[str, str] | None:
+    """The limits that look at the transfer alone: the legacy adapter's recipient and ``max_amount``."""
     if route.adapter == "legacy" and subject.recipient.lower() != subject.sender.lower():
         return "legacy_recipient", (
             f"route {route.route_id} releases through a legacy bridge that pays the sender "
@@ -114,54 +200,12 @@ async def limit_problem(
         )
     if route.max_amount is not None and subject.amount > route.max_amount:
         return "max_amount", (
-            f"the amount {subject.amount} is over route {route.route_id}'s per-transfer limit "
+            f"the amount {int(subject.amount)} is over route {route.route_id}'s per-transfer limit "
             f"of {route.max_amount}"
         )
-    sent = await _sender_count(conn, subject)
-    if sent >= route.sender_hourly_limit:
-        return "sender_rate", (
-            f"sender {subject.sender} already made {sent} transfers on route {route.route_id} in the "
-            f"hour before this one; the limit is {route.sender_hourly_limit} an hour"
-        )
-    if route.daily_cap is not None:
-        volume = await _day_volume(conn, subject)
-        if volume + subject.amount > route.daily_cap:
-            day = subject.lock_block_time.date().isoformat()
-            return "daily_cap", (
-                f"route {route.route_id} already carried {volume} on {day} (UTC); this transfer's "
-                f"{subject.amount} would pass the daily cap of {route.daily_cap}"
-            )
     return None
 
 
-async def _sender_count(conn: asyncpg.Connection, subject: LimitSubject) -> int:
-    count: int = await conn.fetchval(
-        """
-        SELECT count(*) FROM transfers
-         WHERE route_id = $1 AND sender = $2 AND status <> ALL($5::text[])
-           AND lock_block_time > $3::timestamptz - interval '1 hour'
-           AND (lock_block_time, nonce) < ($3, $4)
-        """,
-        subject.route_id,
-        subject.sender,
-        subject.lock_block_time,
-        subject.nonce,
-        list(NOT_COUNTED),
-    )
-    return count
-
-
-async def _day_volume(conn: asyncpg.Connection, subject: LimitSubject) -> Decimal:
-    volume: Decimal = await conn.fetchval(
-        """
-        SELECT COALESCE(sum(amount), 0) FROM transfers
-         WHERE route_id = $1 AND status <> ALL($4::text[])
-           AND lock_block_time >= date_trunc('day', $2::timestamptz, 'UTC')
-           AND (lock_block_time, nonce) < ($2, $3)
-        """,
-        subject.route_id,
-        subject.lock_block_time,
-        subject.nonce,
-        list(NOT_COUNTED),
-    )
-    return volume
+def _day(moment: datetime) -> date:
+    """The UTC day of a lock's block time."""
+    return moment.astimezone(UTC).date()

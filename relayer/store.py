@@ -10,12 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 
 from ferry.domain import TransferStatus
-from ferry.transitions import Change, Move, move_transfers
 
 S = TransferStatus
 
@@ -40,51 +38,37 @@ class TransferRow:
     attempts: int
 
 
-async def load_transfer(pool: asyncpg.Pool, transfer_id: str) -> TransferRow | None:
-    row = await pool.fetchrow(
-        """
-        SELECT id, route_id, token, source_chain_id, source_bridge, nonce, target_chain_id,
-               target_bridge, sender, recipient, amount, status, lock_block_time, attempts
-          FROM transfers WHERE id = $1
-        """,
-        transfer_id,
-    )
-    if row is None:
-        return None
-    values: dict[str, Any] = dict(row)
-    values["status"] = TransferStatus(values["status"])
-    return TransferRow(**values)
-
-
 async def route_paused(pool: asyncpg.Pool, route_id: str) -> bool:
     """Whether an operator paused the route (a route without a row is not paused)."""
     paused: bool | None = await pool.fetchval("SELECT paused FROM routes WHERE route_id = $1", route_id)
     return bool(paused)
 
 
-async def move(pool: asyncpg.Pool, transfer_id: str, status: TransferStatus, reason: str) -> list[Change]:
-    async with pool.acquire() as conn, conn.transaction():
-        return await move_transfers(conn, [Move(transfer_id, status, reason=reason)])
+@dataclass(frozen=True)
+class DueRoute:
+    """A route with CONFIRMED transfers not yet handed over."""
+
+    route_id: str
+    transfers: int
+    #: Seconds since the longest-waiting of them last moved.
+    waiting: float
 
 
-async def due_transfers(pool: asyncpg.Pool, limit: int) -> list[tuple[str, float]]:
-    """CONFIRMED transfers not yet handed to a submitter, with seconds since they last moved.
-
-    Routes an operator paused wait.
-    """
+async def due_routes(pool: asyncpg.Pool) -> list[DueRoute]:
+    """Routes with CONFIRMED transfers not yet handed to a submitter (routes an operator paused wait)."""
     rows = await pool.fetch(
         """
-        SELECT t.id, extract(epoch FROM now() - t.updated_at)::float8 AS waiting
+        SELECT t.route_id, count(*) AS transfers,
+               extract(epoch FROM now() - min(t.updated_at))::float8 AS waiting
           FROM transfers AS t
           LEFT JOIN routes AS r ON r.route_id = t.route_id
           LEFT JOIN relay_notes AS n ON n.transfer_id = t.id
          WHERE t.status = 'CONFIRMED' AND n.vetted_at IS NULL AND r.paused IS NOT TRUE
-         ORDER BY t.updated_at
-         LIMIT $1
-        """,
-        limit,
+         GROUP BY t.route_id
+         ORDER BY min(t.updated_at)
+        """
     )
-    return [(row["id"], row["waiting"]) for row in rows]
+    return [DueRoute(row["route_id"], row["transfers"], row["waiting"]) for row in rows]
 
 
 async def short_of_liquidity_for(pool: asyncpg.Pool, transfer_id: str) -> float:

@@ -22,8 +22,15 @@ Objectives, in order (modelled on Hyperlane's per-destination submitter):
    ``releaseBatch``; a partial batch waits at most ``batch_linger`` seconds from
    its oldest transfer's hand-off (``relayer.batcher``).
 
-Wake-ups: a relay job NOTIFYs ``ferry_relay_ready`` when it hands a transfer
-over; otherwise the submitter polls every chain ``poll_interval``.
+The leader runs two loops side by side: the sender (``send_round``: batches up to
+``MAX_BATCHES_PER_ROUND`` at a time, built in parallel, persisted in nonce order,
+then broadcast together) and the follower (``relayer.confirmer`` every
+``FOLLOW_SECONDS`` at most), so settling receipts never holds up sending.
+
+Wake-ups: vetting NOTIFYs ``ferry_relay_ready`` when it hands transfers over, the
+follower wakes the sender when transactions leave the pipeline; otherwise the
+sender polls every chain ``poll_interval`` (or sooner, when a partial batch's
+linger ends).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import contextlib
 import enum
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -59,6 +66,11 @@ LEASE_CHECK_SECONDS = 1.0
 BALANCE_CHECK_SECONDS = 5.0
 MAX_ERROR_PAUSE = 10.0
 MIN_ROUND_SECONDS = 0.05
+#: Longest pause between two looks at the head and the receipts of what is in flight.
+FOLLOW_SECONDS = 0.25
+#: Most batches one round builds and sends; the round after follows at once. Keeps rounds short,
+#: so receipts are followed (and transfers marked RELEASED) while a backlog drains.
+MAX_BATCHES_PER_ROUND = 8
 
 
 class Broadcast(enum.Enum):
@@ -181,7 +193,13 @@ class ChainSubmitter:
             except Exception as exc:  # NOTE: outlive node and database outages; start over
                 failures += 1
                 pause = min(MAX_ERROR_PAUSE, 0.2 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
-                log.warning("submitter for chain %s restarts in %.1f s: %s", self.chain.id, pause, exc)
+                log.warning(
+                    "submitter for chain %s restarts in %.1f s: %s: %s",
+                    self.chain.id,
+                    pause,
+                    type(exc).__name__,
+                    exc,
+                )
                 await asyncio.sleep(pause)
             finally:
                 self.leading = False
@@ -195,21 +213,41 @@ class ChainSubmitter:
             self.signer.address,
             self.next_nonce,
         )
-        loop = asyncio.get_running_loop()
-        next_check = 0.0
+        # NOTE: sending and following run side by side: settling a block's receipts (database
+        # work per transaction) never delays the next batches, and the reverse.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.keep_lease(conn))
+            group.create_task(self.follow_loop())
+            group.create_task(self.send_loop())
+
+    async def keep_lease(self, conn: asyncpg.Connection) -> None:
         while True:
-            if loop.time() >= next_check:
-                if conn.is_closed():
-                    raise LostLease("the advisory lock's connection closed")
-                await asyncio.wait_for(conn.fetchval("SELECT 1"), 5)
-                next_check = loop.time() + LEASE_CHECK_SECONDS
-            wait = await self.tick()
+            if conn.is_closed():
+                raise LostLease("the advisory lock's connection closed")
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), 5)
+            await asyncio.sleep(LEASE_CHECK_SECONDS)
+
+    async def follow_loop(self) -> None:
+        """Follow what is in flight; wake the sender when transactions left the pipeline."""
+        while True:
+            in_flight = self.in_flight()
+            await self.confirmer.check()
+            if self.in_flight() < in_flight:
+                self.wake.set()
+            await asyncio.sleep(min(self.chain.poll_interval, FOLLOW_SECONDS))
+
+    async def send_loop(self) -> None:
+        while True:
+            wait = await self.send_round()
             # NOTE: a burst of hand-offs must not make the submitter spin: rounds are at least
             # MIN_ROUND_SECONDS apart (partial batches linger anyway).
             await asyncio.sleep(MIN_ROUND_SECONDS)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), max(wait - MIN_ROUND_SECONDS, 0))
             self.wake.clear()
+
+    def in_flight(self) -> int:
+        return sum(1 for tx in self.open.values() if tx.status == "SENT")
 
     async def resume(self) -> None:
         """Reload open transactions and the next nonce from the database and the node."""
@@ -227,26 +265,57 @@ class ChainSubmitter:
     # ------------------------------------------------------------- the loop
 
     async def tick(self) -> float:
-        """One round: follow what is in flight, send what is ready; returns seconds to wait."""
+        """One round of both halves (tests drive the submitter with it): follow, then send."""
         await self.confirmer.check()
+        return await self.send_round()
+
+    async def send_round(self) -> float:
+        """Send what is ready; returns seconds until the next round is due."""
         linger = await self.fill()
         await self.check_balance()
         return min(self.chain.poll_interval, linger)
 
     async def fill(self) -> float:
-        """Send every full batch and every partial one that has lingered; seconds until the next is due."""
-        in_flight = sum(1 for tx in self.open.values() if tx.status == "SENT")
-        room = self.settings.max_in_flight - in_flight
+        """Send every full batch and every partial one that has lingered; seconds until the next is due.
+
+        Pipelined in three steps so a round costs a few round trips, not a few per batch:
+        every due batch is built at once (signing and ``eth_estimateGas`` overlap), then each
+        is signed as a transaction and persisted in nonce order, then all are broadcast at once.
+        """
+        room = self.settings.max_in_flight - self.in_flight()
         if room <= 0:
             return self.chain.poll_interval
+        limit = self.settings.batch_size * min(room, MAX_BATCHES_PER_ROUND)
+        ready = await txstore.ready_transfers(self.pool, self.chain.id, limit)
+        due, wait = self.due_chunks(ready)
+        depth = len(ready)
+        if len(ready) == limit:
+            depth = await txstore.count_ready(self.pool, self.chain.id)
+            if due:
+                wait = 0.0  # NOTE: more are ready than one round takes: the next round follows at once
+        QUEUE_DEPTH.labels(self._label).set(depth)
+        if not due:
+            return max(wait, 0.01)
+        if len(due) > min(room, MAX_BATCHES_PER_ROUND):
+            due, wait = due[: min(room, MAX_BATCHES_PER_ROUND)], 0.0
+        fees_task = asyncio.ensure_future(suggest_fees(self.rpc))
+        built = await asyncio.gather(*(self.batcher.build(chunk) for chunk in due), return_exceptions=True)
+        fees = capped(await fees_task, self.settings.max_fee_per_gas)
+        persisted = await self.persist([batch for batch in built if isinstance(batch, Batch)], fees)
+        await asyncio.gather(*(self.transmit(tx, "sent") for tx in persisted))
+        failed = next((error for error in built if isinstance(error, BaseException)), None)
+        if failed is not None:
+            raise failed  # NOTE: after sending what could go; the round starts over
+        return max(wait, 0.01)
+
+    def due_chunks(self, ready: list[ReadyTransfer]) -> tuple[list[list[ReadyTransfer]], float]:
+        """Ready transfers cut into batches due now (full, or lingered enough); seconds until the next."""
         size = self.settings.batch_size
-        ready = await txstore.ready_transfers(self.pool, self.chain.id, size * room)
-        QUEUE_DEPTH.labels(self._label).set(len(ready))
         groups: dict[str, list[ReadyTransfer]] = {}
         for transfer in ready:
             groups.setdefault(self.batcher.bridge_of(transfer), []).append(transfer)
         wait = self.chain.poll_interval
-        fees: Fees | None = None
+        due: list[list[ReadyTransfer]] = []
         for bridge, group in groups.items():
             step = 1 if bridge in self.batcher.legacy else size  # NOTE: legacy bridges have no batch call
             for start in range(0, len(group), step):
@@ -255,34 +324,43 @@ class ChainSubmitter:
                 if len(chunk) < step and oldest < self.settings.batch_linger:
                     wait = min(wait, self.settings.batch_linger - oldest)
                     continue
-                batch = await self.batcher.build(chunk)
-                if batch is None:
-                    continue
-                fees = fees or capped(await suggest_fees(self.rpc), self.settings.max_fee_per_gas)
-                await self.send(batch, fees)
-        return max(wait, 0.01)
+                due.append(chunk)
+        return due, wait
 
-    async def send(self, batch: Batch, fees: Fees) -> None:
-        nonce = self.next_nonce
-        data = bytes.fromhex(batch.call_data.removeprefix("0x"))
-        tx_hash, raw = self.signer.sign(self.chain.id, nonce, batch.bridge, data, batch.gas, fees)
-        signed = SignedTx(
-            self.chain.id, self.signer.address, nonce, batch.bridge, tx_hash, data, batch.gas, raw, fees
-        )
+    async def persist(self, batches: list[Batch], fees: Fees) -> list[TxRow]:
+        """Sign ``batches`` with the next nonces and store them in one COMMIT (not broadcast yet)."""
+        if not batches:
+            return []
+        by_ids = {tuple(t.id for t in batch.transfers): batch for batch in batches}
+
+        def sign(nonce: int, transfer_ids: Sequence[str]) -> SignedTx:
+            batch = by_ids[tuple(transfer_ids)]
+            data = bytes.fromhex(batch.call_data.removeprefix("0x"))
+            tx_hash, raw = self.signer.sign(self.chain.id, nonce, batch.bridge, data, batch.gas, fees)
+            return SignedTx(
+                self.chain.id, self.signer.address, nonce, batch.bridge, tx_hash, data, batch.gas, raw, fees
+            )
+
         try:
-            tx = await txstore.persist_tx(self.pool, signed, [t.id for t in batch.transfers])
+            stored = await txstore.persist_txs(self.pool, list(by_ids), self.next_nonce, sign)
         except asyncpg.UniqueViolationError:
-            log.warning("nonce %d on chain %s is taken; resuming from the database", nonce, self.chain.id)
+            log.warning(
+                "nonce %d on chain %s is taken; resuming from the database", self.next_nonce, self.chain.id
+            )
             await self.resume()
-            return
-        if tx is None:
-            return  # NOTE: a transfer moved on meanwhile; the next round builds a fresh batch
-        self.next_nonce = nonce + 1
-        tx.sent_at = asyncio.get_running_loop().time()
-        self.open[nonce] = tx
-        BATCH_SIZE.labels(self._label).observe(len(tx.transfer_ids))
-        log.info("release batch of %d sent in %s (nonce %d)", len(tx.transfer_ids), tx_hash, nonce)
-        await self.transmit(tx, "sent")
+            return []
+        # NOTE: a batch left out (a transfer moved on meanwhile) took no nonce; the next round
+        # builds a fresh one.
+        now = asyncio.get_running_loop().time()
+        for tx in stored:
+            self.next_nonce = tx.nonce + 1
+            tx.sent_at = now
+            self.open[tx.nonce] = tx
+            BATCH_SIZE.labels(self._label).observe(len(tx.transfer_ids))
+            log.info(
+                "release batch of %d signed as %s (nonce %d)", len(tx.transfer_ids), tx.tx_hash, tx.nonce
+            )
+        return stored
 
     async def transmit(self, tx: TxRow, outcome: str) -> Broadcast | None:
         """Broadcast ``tx``'s current version; a node outage leaves it for gap repair."""

@@ -1,15 +1,18 @@
 """The sweeper: rebuilds the relay queue from PostgreSQL, so Redis never holds the truth.
 
-Every CONFIRMED transfer not yet handed to its chain's submitter is enqueued as
-``relay_transfer(transfer_id)`` with job id ``relay:<transfer id>`` (what happens
-after the hand-off is the submitter's, which reads the database itself). arq
-refuses a second job with an id that is queued or running, so sweeping often is
-cheap and never runs one transfer twice at a time.
+Every route with CONFIRMED transfers not yet handed to a submitter gets a
+``vet_route(route_id)`` job with job id ``<queue>:vet:<route id>`` (the job vets
+them all in bulk, ``relayer.vetting``; what happens after the hand-off is the
+submitter's, which reads the database itself). arq refuses a second job with an
+id that is queued or running, so sweeping often is cheap and never runs one
+route's vetting twice at a time. When arq refused because the route's job is
+still running, the sweeper looks again shortly after (``RECHECK_SECONDS``): the
+job may have finished its last round just before the newest transfers committed.
 
 A sweep runs at start-up, soon after any NOTIFY on ``CHANGES_CHANNEL`` (debounced:
 a burst of commits causes one sweep), after the LISTEN connection comes back, and
 otherwise every ``sweep_interval`` seconds. If Redis is flushed or a worker dies
-mid-job, the next sweep enqueues the transfer again: nothing is lost.
+mid-job, the next sweep enqueues the route again: nothing is lost.
 """
 
 from __future__ import annotations
@@ -29,16 +32,21 @@ log = logging.getLogger(__name__)
 
 #: Pause after a wake-up before sweeping, so a burst of commits causes one sweep.
 DEBOUNCE_SECONDS = 0.05
-#: Most transfers enqueued by one sweep (the next sweep takes the rest).
-SWEEP_LIMIT = 1_000
-#: A transfer owed this long whose job id arq refuses is checked for a stranded job.
+#: A transfer owed this long whose route job id arq refuses is checked for a stranded job.
 STRANDED_AFTER_SECONDS = 30.0
+#: Pause before looking again when arq refused a route job that is still running.
+RECHECK_SECONDS = 0.25
 
-RELAY_FUNCTION = "relay_transfer"
+VET_FUNCTION = "vet_route"
+
+
+def vet_job_id(queue_name: str, route_id: str) -> str:
+    """The arq job id of a route's vetting job (queue name included, see ``relay_job_id``)."""
+    return f"{queue_name}:vet:{route_id}"
 
 
 def relay_job_id(queue_name: str, transfer_id: str) -> str:
-    """The arq job id of a transfer's relay job.
+    """The arq job id of a one-transfer relay job.
 
     NOTE: arq's job keys are global to the Redis database, not per queue: the queue
     name is part of the id so two deployments (or test runs) sharing one Redis never
@@ -78,27 +86,32 @@ class Sweeper:
         await self._loop.stop()
 
     async def sweep(self) -> int:
-        """Enqueue every owed transfer that has no job yet; returns how many were enqueued."""
-        due = await store.due_transfers(self._pool, SWEEP_LIMIT)
+        """Enqueue a vetting job per route with owed transfers; returns how many transfers they cover."""
+        due = await store.due_routes(self._pool)
         enqueued = 0
-        for transfer_id, waiting in due:
-            job_id = relay_job_id(self._queue_name, transfer_id)
-            job = await self._enqueue(transfer_id, job_id)
-            if job is None and waiting > STRANDED_AFTER_SECONDS and await self._stranded(job_id):
+        busy = False
+        for route in due:
+            job_id = vet_job_id(self._queue_name, route.route_id)
+            job = await self._enqueue(route.route_id, job_id)
+            if job is None and route.waiting > STRANDED_AFTER_SECONDS and await self._stranded(job_id):
                 # NOTE: a partial Redis loss can leave a job key without its queue entry; arq
                 # would refuse the id for a day. The database says the work is owed: drop it.
-                log.warning("relay job of %s was stranded in Redis; enqueuing it again", transfer_id)
+                log.warning("vetting job of route %s was stranded in Redis; enqueued again", route.route_id)
                 await self._redis.delete(job_key_prefix + job_id, retry_key_prefix + job_id)
-                job = await self._enqueue(transfer_id, job_id)
-            if job is not None:
-                enqueued += 1
-                log.debug("enqueued", extra={"transfer_id": transfer_id})
+                job = await self._enqueue(route.route_id, job_id)
+            if job is None:
+                busy = True
+            else:
+                enqueued += route.transfers
+                log.debug("enqueued route %s (%d transfers)", route.route_id, route.transfers)
+        if busy:
+            self._loop.again_after(RECHECK_SECONDS)
         SWEEP_ENQUEUED.inc(enqueued)
         return enqueued
 
-    async def _enqueue(self, transfer_id: str, job_id: str) -> Any:
+    async def _enqueue(self, route_id: str, job_id: str) -> Any:
         return await self._redis.enqueue_job(
-            RELAY_FUNCTION, transfer_id, _job_id=job_id, _queue_name=self._queue_name
+            VET_FUNCTION, route_id, _job_id=job_id, _queue_name=self._queue_name
         )
 
     async def _stranded(self, job_id: str) -> bool:

@@ -1,12 +1,12 @@
 """The submitter's reads and writes: ready transfers, release transactions by nonce, settlement.
 
 Every write that changes a transfer's status goes through ``ferry.transitions``
-as the last statement of its transaction (one NOTIFY at COMMIT). The invariants
+(in bulk, ``relayer.moves``) as the last statement of its transaction (one NOTIFY at COMMIT). The invariants
 the submitter relies on are enforced here, in the database:
 
 - ``relay_txs`` has one row per (chain, account, nonce): a nonce is never used
   for two different payloads, whoever writes.
-- ``persist_tx`` commits the signed transaction, the orders it carries and their
+- ``persist_tx`` / ``persist_txs`` commit the signed transaction, the orders it carries and their
   move to SUBMITTED *before* the broadcast, and only for transfers that are
   still CONFIRMED and not carried by another open transaction; otherwise it
   writes nothing and the caller tries again with fresh data.
@@ -17,7 +17,7 @@ the submitter relies on are enforced here, in the database:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -26,8 +26,9 @@ from typing import Any
 import asyncpg
 
 from ferry.domain import ALLOWED_FROM, TransferStatus
-from ferry.transitions import Change, Move, move_transfers
+from ferry.transitions import Change, Move
 from relayer.fees import Fees
+from relayer.moves import move_together
 
 S = TransferStatus
 OPEN = ("SENT", "MINED")
@@ -89,30 +90,41 @@ class Released:
     block_time: datetime | None
 
 
+_READY = """
+      FROM transfers AS t
+      JOIN relay_notes AS n ON n.transfer_id = t.id
+      LEFT JOIN routes AS r ON r.route_id = t.route_id
+     WHERE t.status = 'CONFIRMED' AND t.target_chain_id = $1
+       AND n.vetted_at IS NOT NULL AND n.closed_at IS NULL
+       AND (n.retry_at IS NULL OR n.retry_at <= now())
+       AND r.paused IS NOT TRUE
+       AND NOT EXISTS (
+           SELECT 1 FROM relay_tx_orders AS o JOIN relay_txs AS x ON x.id = o.tx_id
+            WHERE o.transfer_id = t.id AND x.status IN ('SENT', 'MINED'))
+"""
+
+
 async def ready_transfers(pool: asyncpg.Pool, chain_id: int, limit: int) -> list[ReadyTransfer]:
     """Vetted CONFIRMED transfers for ``chain_id`` due now, oldest hand-off first."""
     rows = await pool.fetch(
-        """
+        f"""
         SELECT t.id, t.route_id, t.token, t.source_chain_id, t.source_bridge, t.nonce, t.sender, t.recipient,
                t.amount, t.lock_block_time, t.attempts,
                extract(epoch FROM now() - n.vetted_at)::float8 AS waited
-          FROM transfers AS t
-          JOIN relay_notes AS n ON n.transfer_id = t.id
-          LEFT JOIN routes AS r ON r.route_id = t.route_id
-         WHERE t.status = 'CONFIRMED' AND t.target_chain_id = $1
-           AND n.vetted_at IS NOT NULL AND n.closed_at IS NULL
-           AND (n.retry_at IS NULL OR n.retry_at <= now())
-           AND r.paused IS NOT TRUE
-           AND NOT EXISTS (
-               SELECT 1 FROM relay_tx_orders AS o JOIN relay_txs AS x ON x.id = o.tx_id
-                WHERE o.transfer_id = t.id AND x.status IN ('SENT', 'MINED'))
+        {_READY}
          ORDER BY n.vetted_at, t.id
          LIMIT $2
-        """,
+        """,  # noqa: S608 -- constant SQL
         chain_id,
         limit,
     )
     return [ReadyTransfer(**dict(row)) for row in rows]
+
+
+async def count_ready(pool: asyncpg.Pool, chain_id: int) -> int:
+    """How many vetted CONFIRMED transfers for ``chain_id`` are due now."""
+    count: int = await pool.fetchval(f"SELECT count(*) {_READY}", chain_id)
+    return count
 
 
 _TX_COLUMNS = """
@@ -172,40 +184,72 @@ async def persist_tx(pool: asyncpg.Pool, signed: SignedTx, transfer_ids: Sequenc
 
     Raises ``asyncpg.UniqueViolationError`` when the nonce is already taken.
     """
+    stored = await persist_txs(pool, [transfer_ids], signed.nonce, lambda _nonce, _ids: signed)
+    return stored[0] if stored else None
+
+
+async def persist_txs(
+    pool: asyncpg.Pool,
+    batches: Sequence[Sequence[str]],
+    first_nonce: int,
+    sign: Callable[[int, Sequence[str]], SignedTx],
+) -> list[TxRow]:
+    """Store release transactions for ``batches`` (transfer ids each) with consecutive nonces, in one COMMIT.
+
+    A batch with a transfer that moved on (no longer CONFIRMED, or carried by another open
+    transaction) is left out and takes no nonce; the others are signed (``sign(nonce, ids)``)
+    with ``first_nonce``, ``first_nonce + 1``... in order, stored with their orders, and their
+    transfers move to SUBMITTED, all before anything is broadcast. Raises
+    ``asyncpg.UniqueViolationError`` (nothing stored) when a nonce is already taken.
+    """
+    stored: list[TxRow] = []
+    moves: list[Move] = []
     async with pool.acquire() as conn, conn.transaction():
-        free: list[str] = [
-            row["id"]
-            for row in await conn.fetch(
-                """
-                SELECT t.id FROM transfers AS t
-                 WHERE t.id = ANY($1::text[]) AND t.status = 'CONFIRMED'
-                   AND NOT EXISTS (
-                       SELECT 1 FROM relay_tx_orders AS o JOIN relay_txs AS x ON x.id = o.tx_id
-                        WHERE o.transfer_id = t.id AND x.status IN ('SENT', 'MINED'))
-                 ORDER BY t.id FOR UPDATE OF t
-                """,
-                list(transfer_ids),
-            )
-        ]
-        if len(free) != len(set(transfer_ids)):
-            return None
-        tx_id: int = await conn.fetchval(
-            """
-            INSERT INTO relay_txs (chain_id, account, nonce, bridge, tx_hash, call_data, gas, raw_tx,
-                                   max_fee_per_gas, max_priority_fee_per_gas, status)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'SENT') RETURNING id
-            """,
-            signed.chain_id, signed.account, signed.nonce, signed.bridge, signed.tx_hash, signed.call_data,
-            signed.gas, signed.raw_tx, signed.fees.max_fee_per_gas, signed.fees.max_priority_fee_per_gas,
-        )  # fmt: skip
-        await conn.execute(
-            "INSERT INTO relay_tx_orders (tx_id, transfer_id) SELECT $1, unnest($2::text[])", tx_id, free
-        )
-        await conn.execute("UPDATE transfers SET attempts = attempts + 1 WHERE id = ANY($1::text[])", free)
-        moves = [
-            Move(tid, S.SUBMITTED, tx_hash=signed.tx_hash, only_from=frozenset({S.CONFIRMED})) for tid in free
-        ]
-        await move_transfers(conn, moves)
+        for transfer_ids in batches:
+            free = await _free_transfers(conn, transfer_ids)
+            if len(free) != len(set(transfer_ids)):
+                continue
+            signed = sign(first_nonce + len(stored), transfer_ids)
+            stored.append(await _insert_tx(conn, signed, free))
+            moves += [
+                Move(tid, S.SUBMITTED, tx_hash=signed.tx_hash, only_from=frozenset({S.CONFIRMED}))
+                for tid in free
+            ]
+        if moves:
+            await move_together(conn, moves)
+    return stored
+
+
+async def _free_transfers(conn: asyncpg.Connection, transfer_ids: Sequence[str]) -> list[str]:
+    """Those of ``transfer_ids`` still CONFIRMED and not carried by an open transaction (locked)."""
+    rows = await conn.fetch(
+        """
+        SELECT t.id FROM transfers AS t
+         WHERE t.id = ANY($1::text[]) AND t.status = 'CONFIRMED'
+           AND NOT EXISTS (
+               SELECT 1 FROM relay_tx_orders AS o JOIN relay_txs AS x ON x.id = o.tx_id
+                WHERE o.transfer_id = t.id AND x.status IN ('SENT', 'MINED'))
+         ORDER BY t.id FOR UPDATE OF t
+        """,
+        list(transfer_ids),
+    )
+    return [row["id"] for row in rows]
+
+
+async def _insert_tx(conn: asyncpg.Connection, signed: SignedTx, free: list[str]) -> TxRow:
+    tx_id: int = await conn.fetchval(
+        """
+        INSERT INTO relay_txs (chain_id, account, nonce, bridge, tx_hash, call_data, gas, raw_tx,
+                               max_fee_per_gas, max_priority_fee_per_gas, status)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'SENT') RETURNING id
+        """,
+        signed.chain_id, signed.account, signed.nonce, signed.bridge, signed.tx_hash, signed.call_data,
+        signed.gas, signed.raw_tx, signed.fees.max_fee_per_gas, signed.fees.max_priority_fee_per_gas,
+    )  # fmt: skip
+    await conn.execute(
+        "INSERT INTO relay_tx_orders (tx_id, transfer_id) SELECT $1, unnest($2::text[])", tx_id, free
+    )
+    await conn.execute("UPDATE transfers SET attempts = attempts + 1 WHERE id = ANY($1::text[])", free)
     return TxRow(
         tx_id, signed.chain_id, signed.account, signed.nonce, signed.bridge, signed.tx_hash, [],
         signed.call_data, signed.gas, signed.raw_tx, signed.fees, 0, "SENT", None, None, None, sorted(free),
@@ -280,7 +324,7 @@ async def _record_released(conn: asyncpg.Connection, released: Sequence[Released
     moves = [
         Move(r.transfer_id, S.RELEASED, tx_hash=r.tx_hash, block_number=r.block_number) for r in released
     ]
-    return await move_transfers(conn, moves)
+    return await move_together(conn, moves)
 
 
 async def record_released(pool: asyncpg.Pool, released: Sequence[Released]) -> list[Change]:
@@ -344,7 +388,7 @@ async def _back_to_confirmed(
             "UPDATE transfers SET last_error = $2 WHERE id = ANY($1::text[])", list(transfer_ids), error
         )
     moves = [Move(tid, S.CONFIRMED, reason=error, only_from=frozenset({only_from})) for tid in transfer_ids]
-    return await move_transfers(conn, moves)
+    return await move_together(conn, moves)
 
 
 async def record_not_released(pool: asyncpg.Pool, transfer_ids: Sequence[str], error: str) -> list[Change]:
@@ -361,7 +405,7 @@ async def record_final(pool: asyncpg.Pool, tx: TxRow) -> list[Change]:
             Move(tid, S.FINALIZED, block_number=tx.block_number, only_from=frozenset({S.RELEASED}))
             for tid in tx.transfer_ids
         ]
-        return await move_transfers(conn, moves)
+        return await move_together(conn, moves)
 
 
 async def count_try(pool: asyncpg.Pool, transfer_id: str, error: str) -> None:
@@ -394,7 +438,7 @@ async def stop_transfers(
     """HELD or FAILED with ``reason`` (only from CONFIRMED: the submitter holds nothing in flight)."""
     async with pool.acquire() as conn, conn.transaction():
         moves = [Move(tid, status, reason=reason, only_from=frozenset({S.CONFIRMED})) for tid in transfer_ids]
-        return await move_transfers(conn, moves)
+        return await move_together(conn, moves)
 
 
 async def mark_vetted(pool: asyncpg.Pool, transfer_id: str) -> None:

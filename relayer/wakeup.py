@@ -43,12 +43,21 @@ class NotifiedLoop:
         self._wake = asyncio.Event()
         self._listener = Listener(dsn, channel, self._on_notify, self._on_reconnect)
         self._task: asyncio.Task[None] | None = None
+        self._later: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         await asyncio.wait_for(self._listener.start(), LISTEN_TIMEOUT_SECONDS)
         self._task = asyncio.create_task(self._run(), name=self._name)
 
+    def again_after(self, delay: float) -> None:
+        """Run another round ``delay`` seconds from now (unless a wake-up comes first)."""
+        if self._later is not None:
+            self._later.cancel()
+        self._later = asyncio.get_running_loop().call_later(delay, self._wake.set)
+
     async def stop(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -22,17 +22,18 @@ from arq.worker import Worker, func
 from ferry import metrics
 from ferry.settings import Settings
 from relayer.context import CONTEXT_KEY, open_context, relayer_context
-from relayer.jobs import relay_transfer
+from relayer.jobs import relay_transfer, vet_route_job
 from relayer.keys import relay_keys
 from relayer.operator import OperatorDesk
 from relayer.submitters import Submitters
-from relayer.sweep import Sweeper
+from relayer.sweep import VET_FUNCTION, Sweeper
 
 log = logging.getLogger(__name__)
 
-#: Relay jobs run at once by one worker (most of their time is spent waiting on PostgreSQL).
+#: Relay jobs run at once by one worker (one per route at a time; most of their time is spent
+#: waiting on PostgreSQL).
 MAX_JOBS = 100
-#: Seconds a relay job may run (vetting is a handful of queries).
+#: Seconds a relay job may run (a route job stops taking rounds after ROUTE_JOB_BUDGET).
 JOB_TIMEOUT_SECONDS = 10
 #: Tries per job before arq gives up on it (the sweeper enqueues it again later).
 MAX_TRIES = 10
@@ -45,7 +46,10 @@ SETTINGS_KEY = "settings"
 def build_worker(settings: Settings, *, handle_signals: bool = True) -> Worker:
     """The arq worker for ``settings`` (not started)."""
     return Worker(
-        functions=[func(relay_transfer, keep_result=0, max_tries=MAX_TRIES)],
+        functions=[
+            func(vet_route_job, name=VET_FUNCTION, keep_result=0, max_tries=MAX_TRIES),
+            func(relay_transfer, keep_result=0, max_tries=MAX_TRIES),
+        ],
         queue_name=settings.queue_name,
         redis_settings=RedisSettings.from_dsn(settings.redis_url.get_secret_value()),
         on_startup=startup,
@@ -58,7 +62,7 @@ def build_worker(settings: Settings, *, handle_signals: bool = True) -> Worker:
         # NOTE: a relay job only vets and hands over (database work; the submitter does the rest).
         # Short, because arq keeps a killed worker's job "in progress" for job_timeout + 10 s.
         job_timeout=JOB_TIMEOUT_SECONDS,
-        poll_delay=0.02,  # NOTE: arq only looks for new jobs this often; vetting is the hot path
+        poll_delay=0.05,  # NOTE: arq only looks for new jobs this often (one vetting job per route)
     )
 
 

@@ -32,11 +32,11 @@ from ferry.domain import TransferStatus, transfer_id
 from ferry.settings import ConfigError, route_id
 from ferry.transitions import record_new
 from relayer import txstore
+from relayer.bridge import encode_call, encode_release_batch
 from relayer.context import CONTEXT_KEY, RelayerContext, open_context
 from relayer.eip712 import ReleaseOrder, sign_release_order
 from relayer.jobs import relay_transfer
 from relayer.submitter import ChainSubmitter
-from relayer.sweep import relay_job_id
 from relayer.txstore import SignedTx
 from relayer.worker import run
 
@@ -398,14 +398,13 @@ async def wait_for_status(pool: asyncpg.Pool, tid: str, status: str, worker: sub
         await asyncio.sleep(0.1)
 
 
-async def flush_queue(redis_url: str, queue_name: str, transfer_ids: list[str]) -> None:
-    """Lose everything this test's queue holds in Redis (and only that)."""
+async def flush_queue(redis_url: str, queue_name: str) -> None:
+    """Lose everything this test's queue holds in Redis (and only that): the queue and its jobs."""
     client = redis_asyncio.Redis.from_url(redis_url)
     try:
         keys = [queue_name, f"{queue_name}:health-check"]
-        for tid in transfer_ids:
-            job_id = relay_job_id(queue_name, tid)
-            keys += [f"arq:{kind}:{job_id}" for kind in ("job", "in-progress", "retry", "result")]
+        # NOTE: job ids start with the queue name (relayer.sweep.vet_job_id and relay_job_id).
+        keys += [key async for key in client.scan_iter(match=f"arq:*:{queue_name}:*")]
         await client.delete(*keys)
     finally:
         await client.aclose()
@@ -443,7 +442,7 @@ async def test_worker_releases_from_the_database_across_redis_flush_and_kill(
         await wait_for_status(relayer.pool, second, "SUBMITTED", worker)
         # ... when the worker is killed mid-job and Redis loses the queue.
         group.kill("relayer-1", signal.SIGKILL)
-        await flush_queue(redis_url, queue_name, [first, second])
+        await flush_queue(redis_url, queue_name)
         third, third_recipient, _ = await locked_transfer(dev_chains, relayer.pool)
 
         worker = group.start("relayer-2", "relayer")
@@ -467,3 +466,15 @@ async def test_worker_releases_from_the_database_across_redis_flush_and_kill(
     timeline = [h[:2] for h in await history(relayer.pool, second)]
     assert timeline[:3] == [(None, "CONFIRMED"), ("CONFIRMED", "SUBMITTED"), ("SUBMITTED", "RELEASED")]
     assert timeline[3:] in ([], [("RELEASED", "FINALIZED")]), "later blocks may already finalize it"
+
+
+@pytest.mark.parametrize("orders", [1, 3, 50])
+def test_release_batch_call_data_encoded_by_hand_equals_the_abi_encoding(orders: int) -> None:
+    keys = [bytes([1]) * 32, bytes([2]) * 32]
+    bridge = "0x" + "ef" * 20
+    batch = [ReleaseOrder(31337, "0x" + "ab" * 20, n, new_recipient(), 10**15 + n) for n in range(orders)]
+    # One or two signatures per order: the nested arrays' offsets differ.
+    signatures = [sign_release_order(o, 31338, bridge, keys[: 1 + n % 2]) for n, o in enumerate(batch)]
+    tuples = [o.as_tuple() for o in batch]
+
+    assert encode_release_batch(tuples, signatures) == encode_call("releaseBatch", tuples, signatures)

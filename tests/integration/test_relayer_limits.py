@@ -15,20 +15,25 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from eth_account import Account
 from prometheus_client import REGISTRY
 
 from ferry.deploy import mint
 from ferry.devchain import DEV_ACCOUNTS
 from ferry.devstack import DevNetwork, ProcessGroup
+from ferry.domain import TransferStatus, transfer_id
+from ferry.transitions import record_new
 from relayer.admin import dead_letters, request_action, wait_for_outcome
 from relayer.context import CONTEXT_KEY, RelayerContext, open_context
 from relayer.jobs import relay_transfer
 from relayer.operator import process_requests
+from relayer.vetting import vet_route
 from tests.integration.test_relayer import (
     AMOUNT,
     balance,
@@ -318,3 +323,74 @@ async def test_unprocessable_requests_are_refused_with_a_reason(
     assert await process_requests(relayer.pool) == 1
     assert await wait_for_outcome(relayer.pool, request_id, 0) == "refused: APPROVE needs a transfer id"
     assert await release(relayer, tid) == {tid: "RELEASED"}
+
+
+async def insert_synthetic(
+    relayer: RelayerContext,
+    network: DevNetwork,
+    nonce: int,
+    sender: str,
+    amount: int,
+    at: datetime,
+    status: str,
+) -> str:
+    """A transfer row on route A->B as the indexer writes it (no lock on chain: vetting reads no chain)."""
+    source, _ = chains(network)
+    tid = transfer_id(source.chain_id, source.bridge, nonce)
+    async with relayer.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """
+            INSERT INTO transfers (id, route_id, token, source_chain_id, source_bridge, nonce,
+                                   target_chain_id, sender, recipient, amount, status,
+                                   confirmations_required, lock_tx_hash, lock_log_index,
+                                   lock_block_number, lock_block_hash, lock_block_time)
+            VALUES ($1, $2, 'FTT', 31337, $3, $4, 31338, $5, $5, $6, $7, 2, $8, 0, $9, $8, $10)
+            """,
+            tid, ROUTE_AB, source.bridge.lower(), nonce, sender, amount, status,
+            "0x" + f"{nonce:064x}", nonce, at,
+        )  # fmt: skip
+        await record_new(conn, [(tid, TransferStatus(status))])
+    return tid
+
+
+async def test_one_round_vets_many_transfers_as_checking_them_one_by_one_in_lock_order_would(
+    dev_chains: DevNetwork, open_relayer: OpenRelayer
+) -> None:
+    unit = 10**18
+    relayer = await open_relayer(sender_hourly_limit=3, daily_cap=11 * unit)
+    alice, bob = (Account.create().address for _ in range(2))
+    noon = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    # Counted already: released earlier the same UTC day, but more than an hour before noon.
+    await insert_synthetic(
+        relayer, dev_chains, 1_000, alice, 1 * unit, noon - timedelta(minutes=61), "RELEASED"
+    )
+    plan = [  # (sender, amount in units, expected outcome and why)
+        (alice, 2, "handed_over"),  # day 3, alice 1 in the hour
+        (alice, 9, "HELD"),  # day 3 + 9 > 11: daily_cap; held, so it counts for nobody after it
+        (alice, 3, "handed_over"),  # day 6, alice 2 in the hour
+        (bob, 4, "handed_over"),  # day 10
+        (alice, 1, "handed_over"),  # day 11 (= the cap), alice 3 in the hour
+        (alice, 1, "HELD"),  # alice already made 3 in the hour: sender_rate
+        (bob, 1, "HELD"),  # day 11 + 1 > 11: daily_cap
+    ]
+    tids = [
+        await insert_synthetic(
+            relayer, dev_chains, 1_001 + i, sender, units * unit, noon + timedelta(seconds=i), "CONFIRMED"
+        )
+        for i, (sender, units, _) in enumerate(plan)
+    ]
+
+    decided = await vet_route(relayer, ROUTE_AB)
+
+    assert decided.handed_over == [
+        tid for tid, (_, _, want) in zip(tids, plan, strict=True) if want != "HELD"
+    ]
+    assert decided.held == [tid for tid, (_, _, want) in zip(tids, plan, strict=True) if want == "HELD"]
+    reasons = [(await status_and_reason(relayer, tids[i]))[1] or "" for i in (1, 5, 6)]
+    assert "daily cap" in reasons[0]
+    assert "already made 3 transfers" in reasons[1]
+    assert "already carried 11000000000000000000" in reasons[2]
+    # Handed over once: the next round finds nothing owed, and the submitter sees them ready.
+    assert (await vet_route(relayer, ROUTE_AB)).decided == 0
+    vetted = await relayer.pool.fetchval("SELECT count(*) FROM relay_notes WHERE vetted_at IS NOT NULL")
+    assert vetted == len(decided.handed_over)

@@ -42,6 +42,7 @@ RATE_CHARGE = "ferry.rate_charge"
 #: What cross-origin callers may use (credentials travel in the Authorization header).
 CORS_METHODS = ["GET", "POST", "OPTIONS"]
 CORS_HEADERS = ["authorization", "content-type"]
+_VARY_ORIGIN = (b"vary", b"Origin")
 
 
 class TokenBuckets:
@@ -216,11 +217,18 @@ class RequestGuard(Protection):
                 message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, rid)]
             await send(message)
 
+        without_origin = "origin" not in request_headers
+
         async def answer(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                await self.cors.send(message, send_with_id, request_headers)
-            else:
+            if message["type"] != "http.response.start":
                 await send_with_id(message)
+            elif without_origin and all(name != b"vary" for name, _ in message.get("headers", ())):
+                # NOTE: all that CORSMiddleware.send does for a request without Origin,
+                # without building its header objects for every request.
+                message["headers"] = [*message.get("headers", ()), _VARY_ORIGIN]
+                await send_with_id(message)
+            else:
+                await self.cors.send(message, send_with_id, request_headers)
 
         preflight = (
             scope["method"] == "OPTIONS"

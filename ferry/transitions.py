@@ -14,15 +14,16 @@ three promises:
 3. One ``NOTIFY ferry_transfer_changes, '<highest id>'`` per transaction, delivered
    by PostgreSQL only at COMMIT, so nobody hears of uncommitted state.
 
-The volume metric (``ferry_transfer_volume_tokens_total{route, status}``) is counted
-here, from the same statement that writes the history rows: every writer moves
-transfers through this module, so each change is counted once, by the process
-that made it. Amounts become token units with the source token's decimals from
-the ``tokens`` table (a transfer of an unregistered token is not counted), and a
-route that is not configured is labelled ``unrouted`` (a lock may name any target
-chain: labels stay bounded). It is counted just before the writer's COMMIT: in the
-rare case that the COMMIT then fails, the counter is ahead of the database, which
-stays the exact ledger (``analytics.daily_volume``).
+The business counters (``ferry_transfer_transitions_total{route, status}`` and
+``ferry_transfer_volume_tokens_total{route, status}``) are counted here, from the
+same statement that writes the history rows: every writer moves transfers through
+this module, so each change is counted once, by the process that made it. Amounts
+become token units with the source token's decimals from the ``tokens`` table (a
+transfer of an unregistered token adds no volume), and a route that is not
+configured is labelled ``unrouted`` (a lock may name any target chain: labels stay
+bounded). They are counted just before the writer's COMMIT: in the rare case that
+the COMMIT then fails, the counters are ahead of the database, which stays the
+exact ledger (``analytics.daily_volume``).
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ async def record_history(conn: asyncpg.Connection, changes: Sequence[Change]) ->
         RETURNING id, transfer_id, to_status
         )
         SELECT max(max(i.id)) OVER () AS highest, coalesce(r.route_id, 'unrouted') AS route,
-               i.to_status AS status, sum(t.amount::float8 / 10::float8 ^ k.decimals) AS tokens
+               i.to_status AS status, count(*) AS moved,
+               sum(t.amount::float8 / 10::float8 ^ k.decimals) AS tokens
           FROM inserted AS i
           JOIN transfers AS t ON t.id = i.transfer_id
           LEFT JOIN routes AS r ON r.route_id = t.route_id
@@ -145,6 +147,7 @@ async def record_history(conn: asyncpg.Connection, changes: Sequence[Change]) ->
         [c.block_number for c in changes],
     )
     for row in volumes:
+        metrics.TRANSFER_TRANSITIONS.labels(route=row["route"], status=row["status"]).inc(row["moved"])
         if row["tokens"] is not None:
             metrics.TRANSFER_VOLUME.labels(route=row["route"], status=row["status"]).inc(row["tokens"])
     highest: int = volumes[0]["highest"]

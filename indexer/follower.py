@@ -391,13 +391,11 @@ class Follower:
 
 
 def _announce(changes: list[Change], routes: dict[str, str]) -> None:
-    """Log and count committed changes (after COMMIT, so nothing here is uncommitted).
+    """Log committed changes (after COMMIT; ``ferry.transitions`` counts them).
 
     A backfill commits thousands of transfers at once: then one summary line, not one per transfer.
     """
     counts = Counter((routes.get(c.transfer_id, "unknown"), c.to_status.value) for c in changes)
-    for (route, status), count in counts.items():
-        metrics.TRANSFER_TRANSITIONS.labels(route=route, status=status).inc(count)
     if len(changes) > ANNOUNCE_EACH:
         log.info(
             "%d transfers moved: %s", len(changes), ", ".join(f"{s} {n}" for (_, s), n in counts.items())

@@ -27,7 +27,7 @@ import asyncpg
 
 from ferry.contracts import ContractError
 from ferry.domain import TransferStatus
-from ferry.metrics import RELEASE_FAILURES, TRANSFER_TRANSITIONS
+from ferry.metrics import RELEASE_FAILURES
 from ferry.rpc import RpcClient, RpcError, quantity
 from ferry.settings import ChainConfig, Settings
 from relayer import legacy, txstore
@@ -135,8 +135,7 @@ class Batcher:
         released = txstore.Released(
             transfer.id, found.tx_hash if found else None, found.block_number if found else None, None
         )
-        for change in await txstore.record_released(self.pool, [released]):
-            TRANSFER_TRANSITIONS.labels(transfer.route_id, change.to_status.value).inc()
+        await txstore.record_released(self.pool, [released])
 
     async def signing_keys(self, bridge: str, transfers: list[ReadyTransfer]) -> list[bytes] | None:
         """``threshold`` keys of current signers, or None (the transfers are HELD)."""
@@ -256,7 +255,6 @@ class Batcher:
         changes = await txstore.stop_transfers(self.pool, [t.id for t in transfers], status, reason)
         routes = {t.id: t.route_id for t in transfers}
         for change in changes:
-            TRANSFER_TRANSITIONS.labels(routes[change.transfer_id], status.value).inc()
             if status is TransferStatus.FAILED:
                 RELEASE_FAILURES.labels(routes[change.transfer_id], kind).inc()
         log.error("%s: %s", status.value, reason, extra={"chain_id": self.chain.id})

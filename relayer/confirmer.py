@@ -41,7 +41,6 @@ from ferry.metrics import (
     RELEASES,
     REPLACEMENTS,
     STUCK_AT_FEE_CAP,
-    TRANSFER_TRANSITIONS,
     TXS_IN_FLIGHT,
 )
 from ferry.rpc import RpcGarbage, quantity
@@ -132,10 +131,9 @@ class Confirmer:
         self.count_gas(routes, inclusion)
         if not inclusion.succeeded:
             error = f"release transaction {inclusion.tx_hash} reverted in block {inclusion.block_number}"
-            changes = await txstore.record_reverted(self.s.pool, tx, inclusion, error)
+            await txstore.record_reverted(self.s.pool, tx, inclusion, error)
             self.s.open.pop(tx.nonce, None)
             RELEASES.labels(self.label, "reverted").inc()
-            self.count(changes, routes)
             log.warning("%s; its %d transfers go back to be checked", error, len(tx.transfer_ids))
             return
         released, missing = await self.released_orders(tx, receipt, inclusion)
@@ -147,7 +145,6 @@ class Confirmer:
         tx.status, tx.mined_hash = "MINED", inclusion.tx_hash
         tx.block_number, tx.block_hash = inclusion.block_number, inclusion.block_hash
         RELEASES.labels(self.label, "mined").inc()
-        self.count(changes, routes)
         self.observe_latency(changes, released, routes)
 
     async def released_orders(
@@ -201,18 +198,16 @@ class Confirmer:
         """A MINED transaction: FINAL with the chain's confirmations, SENT again if reorged out."""
         if receipt is None or str(receipt.get("blockHash")) != tx.block_hash:
             log.warning("release %s left the chain (reorg); sending it again", tx.mined_hash)
-            changes = await txstore.record_reorged(self.s.pool, tx)
+            await txstore.record_reorged(self.s.pool, tx)
             tx.status, tx.mined_hash, tx.block_number, tx.block_hash = "SENT", None, None, None
             tx.sent_at = asyncio.get_running_loop().time()
             RELEASES.labels(self.label, "reorged").inc()
-            self.count(changes, await self.routes_of(tx))
             await self.s.transmit(tx, "rebroadcast")
             return
         assert tx.block_number is not None
         if head - tx.block_number + 1 >= self.s.chain.confirmations:
-            changes = await txstore.record_final(self.s.pool, tx)
+            await txstore.record_final(self.s.pool, tx)
             self.s.open.pop(tx.nonce, None)
-            self.count(changes, await self.routes_of(tx))
 
     # ------------------------------------------------------ gaps and fees
 
@@ -222,10 +217,9 @@ class Confirmer:
         for tx in sent:
             if tx.nonce < mined_count:
                 error = f"nonce {tx.nonce} was used by another transaction; the transfers are sent again"
-                changes = await txstore.record_dropped(self.s.pool, tx, error)
+                await txstore.record_dropped(self.s.pool, tx, error)
                 self.s.open.pop(tx.nonce, None)
                 RELEASES.labels(self.label, "dropped").inc()
-                self.count(changes, await self.routes_of(tx))
                 log.warning("release %s dropped: %s", tx.tx_hash, error)
         if not waiting or not ask_node:
             return
@@ -300,11 +294,6 @@ class Confirmer:
             "SELECT id, route_id, lock_block_time FROM transfers WHERE id = ANY($1::text[])", tx.transfer_ids
         )
         return {row["id"]: (row["route_id"], row["lock_block_time"]) for row in rows}
-
-    def count(self, changes: list[Change], routes: dict[str, tuple[str, datetime]]) -> None:
-        for change in changes:
-            route = routes.get(change.transfer_id, ("?", datetime.now(UTC)))[0]
-            TRANSFER_TRANSITIONS.labels(route, change.to_status.value).inc()
 
     def count_gas(self, routes: dict[str, tuple[str, datetime]], inclusion: Inclusion) -> None:
         if not routes:

@@ -36,7 +36,6 @@ from ferry.metrics import (
     OPERATOR_ACTIONS,
     RELEASE_FAILURES,
     ROUTE_PAUSED,
-    TRANSFER_TRANSITIONS,
 )
 from ferry.transitions import Move, move_transfers
 from relayer.wakeup import NotifiedLoop
@@ -112,7 +111,6 @@ async def apply_request(conn: asyncpg.Connection, request: OperatorRequest) -> t
     if to_status is not None:
         move = Move(request.transfer_id, to_status, reason=reason, only_from=frozenset({status}))
         await move_transfers(conn, [move])
-        TRANSFER_TRANSITIONS.labels(row["route_id"], to_status.value).inc()
         if to_status is S.FAILED:
             RELEASE_FAILURES.labels(row["route_id"], "operator").inc()
     else:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from ferry.domain import TransferStatus
-from ferry.metrics import LIMIT_HOLDS, TRANSFER_TRANSITIONS
+from ferry.metrics import LIMIT_HOLDS
 from ferry.transitions import Move
 from relayer.limits import LimitBook, LimitSubject
 from relayer.moves import move_together
@@ -154,7 +154,6 @@ async def _decide(relayer: RelayerContext, route_id: str, candidates: list[_Cand
     held = [change.transfer_id for change in changes]
     for transfer_id in held:
         limit, reason = holds[transfer_id]
-        TRANSFER_TRANSITIONS.labels(route_id, TransferStatus.HELD.value).inc()
         if limit != "plan":
             LIMIT_HOLDS.labels(route_id, limit).inc()
             log.warning("relay held: %s", reason, extra={"transfer_id": transfer_id})

@@ -7,6 +7,8 @@
 - ``ferry_transfer_volume_tokens_total{route, status}`` grows by each change's
   amount in token units, once per change that happened (an illegal move counts
   nothing), with routes that are not configured labelled ``unrouted``.
+- ``ferry_transfer_transitions_total{route, status}`` is counted in the same place:
+  every change once (a transfer of an unknown token too), none for an illegal move.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from indexer.store import register_chains
 SOURCE, TARGET = 910_001, 910_002
 USDX_ROUTE = f"USDX:{SOURCE}-{TARGET}"
 VOLUME = "ferry_transfer_volume_tokens_total"
+TRANSITIONS = "ferry_transfer_transitions_total"
 
 
 def _deployment(n: int, decimals: int) -> BridgeDeployment:
@@ -98,6 +101,10 @@ def _volume(route: str, status: str) -> float:
     return REGISTRY.get_sample_value(VOLUME, {"route": route, "status": status}) or 0.0
 
 
+def _moved(route: str, status: str) -> float:
+    return REGISTRY.get_sample_value(TRANSITIONS, {"route": route, "status": status}) or 0.0
+
+
 def _total_volume() -> float:
     return sum(
         sample.value for metric in REGISTRY.collect() for sample in metric.samples if sample.name == VOLUME
@@ -148,14 +155,17 @@ async def test_volume_counts_each_change_once_in_token_units(conn: asyncpg.Conne
         _volume("unrouted", "PENDING"),
         _total_volume(),
     )
+    moved_usdx, moved_unrouted = _moved(USDX_ROUTE, "PENDING"), _moved("unrouted", "PENDING")
     async with conn.transaction():
         await record_new(conn, [(t[0], TransferStatus.PENDING) for t in TRANSFERS])
+    assert _moved(USDX_ROUTE, "PENDING") - moved_usdx == 1
+    assert _moved("unrouted", "PENDING") - moved_unrouted == 2  # WETH and GHOST: counted, no volume
     assert _volume(USDX_ROUTE, "PENDING") - pending_usdx == pytest.approx(1.5)
     # NOTE: WETH's route is not configured: labelled unrouted; GHOST has no decimals: not counted.
     assert _volume("unrouted", "PENDING") - pending_unrouted == pytest.approx(2.0)
     assert _total_volume() - total == pytest.approx(3.5)
 
-    confirmed = _volume(USDX_ROUTE, "CONFIRMED")
+    confirmed, moved_confirmed = _volume(USDX_ROUTE, "CONFIRMED"), _moved(USDX_ROUTE, "CONFIRMED")
     confirm = Move(TRANSFERS[0][0], TransferStatus.CONFIRMED)
     async with conn.transaction():
         assert await move_transfers(conn, [confirm])
@@ -163,4 +173,5 @@ async def test_volume_counts_each_change_once_in_token_units(conn: asyncpg.Conne
         # NOTE: CONFIRMED -> CONFIRMED is not a legal move: nothing happens, nothing is counted.
         assert await move_transfers(conn, [confirm]) == []
     assert _volume(USDX_ROUTE, "CONFIRMED") - confirmed == pytest.approx(1.5)
+    assert _moved(USDX_ROUTE, "CONFIRMED") - moved_confirmed == 1
     assert _total_volume() - total == pytest.approx(5.0)

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -27,8 +26,8 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 
 from ferry.settings import Settings
 from gateway.context import Gateway, GatewayContext
-from gateway.protection import Protection
-from gateway.request_id import RequestId, RequestTimeout
+from gateway.http import GraphQLEndpoint
+from gateway.protection import RequestGuard
 from gateway.schema import schema
 from gateway.subscriptions import LegacyWSHandler, RawWebSocketSend, TransportWSHandler
 
@@ -69,24 +68,25 @@ def cors_origins(settings: Settings) -> tuple[str, ...]:
 
 
 def protections(settings: Settings) -> list[Middleware]:
-    """Request ids, CORS, then per-client rate and request size limits, around the GraphQL routes."""
+    """Request ids, time bound, CORS, then per-client rate and request size limits, in one pass
+    (``gateway.protection.RequestGuard``) around the GraphQL routes."""
     return [
         Middleware(RawWebSocketSend),  # NOTE: outermost: the server's own send (gateway.subscriptions)
-        Middleware(RequestId),
-        Middleware(RequestTimeout, seconds=settings.gateway_request_timeout),
         Middleware(
-            CORSMiddleware,
-            allow_origins=list(cors_origins(settings)),
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["authorization", "content-type"],
+            RequestGuard,
+            rate=settings.gateway_rate_limit,
+            max_body=settings.gateway_max_request_bytes,
+            timeout=settings.gateway_request_timeout,
+            cors_origins=cors_origins(settings),
         ),
-        Middleware(Protection, rate=settings.gateway_rate_limit, max_body=settings.gateway_max_request_bytes),
     ]
 
 
 def graphql_routes(gateway: Gateway) -> list[BaseRoute]:
     view = GraphQLView(gateway)
-    return [Route("/graphql", view), WebSocketRoute("/graphql", view)]
+    # NOTE: JSON POSTs (queries, batches) take the prepared-document path of gateway.http;
+    # everything else reaches Strawberry's view unchanged.
+    return [Route("/graphql", GraphQLEndpoint(gateway, view)), WebSocketRoute("/graphql", view)]
 
 
 def health_routes(gateway: Gateway) -> list[BaseRoute]:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from indexer import service
 from indexer.endpoints import Endpoints
 from indexer.follower import Follower, StepResult
 from relayer.eip712 import ReleaseOrder, sign_release_order
+from tests.support.indexing import eventually
 
 AMOUNT = 25 * 10**18
 T = TypeVar("T")
@@ -67,16 +68,6 @@ async def mine(chain: DevChain, blocks: int) -> None:
         await rpc.call("anvil_mine", hex(blocks))
     finally:
         await rpc.close()
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str) -> T:
-    """Poll ``probe`` until it returns something; bounded so a broken indexer fails the test."""
-    for _ in range(300):
-        value = await probe()
-        if value is not None:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def lock(network: DevNetwork, source: DevChain, target: DevChain) -> tuple[str, str, int]:

@@ -16,16 +16,13 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from ferry.contracts import TOKENS_LOCKED_TOPIC
 from ferry.db import create_pool
-from ferry.deploy import lock_tokens
 from ferry.devstack import DevChain, DevNetwork
-from ferry.domain import transfer_id
 from ferry.rpc import RpcClient
 from indexer import service
-from indexer.decode import LockEvent, decode_log
 from indexer.endpoints import Endpoints
 from indexer.follower import Follower
+from tests.support.indexing import lock, locks_on_chain
 from tests.support.rpc_proxy import RpcProxy
 
 ONE = 10**18
@@ -43,30 +40,6 @@ async def proxy(dev_chains: DevNetwork) -> AsyncIterator[RpcProxy]:
     started = await RpcProxy(dev_chains.chains[0].url).start()
     yield started
     await started.stop()
-
-
-async def locks_on_chain(chain: DevChain) -> set[tuple[str, int]]:
-    rpc = RpcClient(chain.url)
-    try:
-        logs = await rpc.get_logs([chain.bridge], [TOKENS_LOCKED_TOPIC], 0, await rpc.block_number())
-    finally:
-        await rpc.close()
-    events = [decode_log(chain.chain_id, log) for log in logs]
-    return {(e.transfer_id, e.amount) for e in events if isinstance(e, LockEvent)}
-
-
-def lock(network: DevNetwork, amount: int) -> str:
-    source, target = network.chains
-    receipt = lock_tokens(
-        source.w3,
-        network.user_key,
-        source.token,
-        source.bridge,
-        amount,
-        network.recipient_address,
-        target.chain_id,
-    )
-    return transfer_id(source.chain_id, source.bridge, receipt.nonce)
 
 
 def errors(chain: str, endpoint: str, kind: str) -> float:

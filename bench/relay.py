@@ -171,6 +171,24 @@ def measure(database_url: str, total: int, limit: float) -> dict[str, Any]:
               FROM relay_notes
             """
         ).fetchall()
+        lags = conn.execute(
+            """
+            SELECT extract(epoch FROM r.created_at - s.created_at)::float8,
+                   extract(epoch FROM t.release_block_time - s.created_at)::float8,
+                   extract(epoch FROM r.created_at - t.release_block_time)::float8
+              FROM transfers AS t
+              JOIN transfer_status_history AS s ON s.transfer_id = t.id AND s.to_status = 'SUBMITTED'
+              JOIN transfer_status_history AS r ON r.transfer_id = t.id AND r.to_status = 'RELEASED'
+             WHERE t.release_block_time IS NOT NULL
+            """
+        ).fetchall()
+        blocks = conn.execute(
+            """
+            SELECT x.chain_id, x.block_number, count(*), sum(x.gas_used)::float8
+              FROM relay_txs AS x WHERE x.block_number IS NOT NULL
+             GROUP BY 1, 2 ORDER BY 1, 2
+            """
+        ).fetchall()
     origin = min(float(first) for _, first, _ in stages)
     spans = {status: [round(float(a) - origin, 2), round(float(b) - origin, 2)] for status, a, b in stages}
     latencies = sorted((released - confirmed).total_seconds() for confirmed, released in rows)
@@ -184,7 +202,23 @@ def measure(database_url: str, total: int, limit: float) -> dict[str, Any]:
         "p50_confirmed_to_release_mined_s": round(statistics.median(latencies), 3),
         "p99_confirmed_to_release_mined_s": round(latencies[int(0.99 * (len(latencies) - 1))], 3),
         "stage_spans_s": spans,
+        # NOTE: diagnostics, p50/p99 over transfers: submitted -> release block's timestamp (whole
+        # seconds) -> observed mined (RELEASED written), and the release gas of each target block.
+        "submitted_to_block_s": _p50_p99([lag[1] for lag in lags]),
+        "block_to_recorded_s": _p50_p99([lag[2] for lag in lags]),
+        "submitted_to_recorded_s": _p50_p99([lag[0] for lag in lags]),
+        "release_gas_per_block_m": {
+            str(chain): [round(gas / 1e6, 1) for c, _, _, gas in blocks if c == chain]
+            for chain in sorted({row[0] for row in blocks})
+        },
     }
+
+
+def _p50_p99(values: list[float]) -> list[float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return [round(statistics.median(ordered), 3), round(ordered[int(0.99 * (len(ordered) - 1))], 3)]
 
 
 def run(transfers: int, workers: int, keep: bool = False) -> dict[str, Any]:

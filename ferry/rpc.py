@@ -88,6 +88,30 @@ class RpcClient:
         by_id = {item.get("id"): item for item in body if isinstance(item, dict)}
         return [self._result(by_id.get(r["id"]), r["id"], r["method"]) for r in requests]
 
+    async def batch_results(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any | RpcError]:
+        """Several calls in one HTTP request; each item's result, or its ``RpcError``, in call order.
+
+        Unlike ``batch`` an error answer to one call does not hide the others' answers (a batch of
+        ``eth_sendRawTransaction`` where one is "already known" still reports the rest). A
+        transport failure or a malformed answer raises as for ``call``.
+        """
+        if not calls:
+            return []
+        requests: list[dict[str, Any]] = [
+            {"jsonrpc": "2.0", "id": next(self._ids), "method": m, "params": list(p)} for m, p in calls
+        ]
+        body = await self._post(requests, calls[0][0])
+        if not isinstance(body, list) or len(body) != len(requests):
+            raise RpcGarbage(f"{self.name}: batch answer is not a list of {len(requests)} responses")
+        by_id = {item.get("id"): item for item in body if isinstance(item, dict)}
+        answers: list[Any | RpcError] = []
+        for request in requests:
+            try:
+                answers.append(self._result(by_id.get(request["id"]), request["id"], request["method"]))
+            except RpcError as exc:
+                answers.append(exc)
+        return answers
+
     async def _post(self, payload: Any, method: str) -> Any:
         if self.observer is None:
             return await self._send(payload, method)

@@ -175,7 +175,9 @@ class Batcher:
         figure times the number of orders is an upper bound: each order is counted with the
         transaction's base cost, far more than a batch adds per order.
         """
-        data = self.call_data(bridge, transfers, keys)
+        # NOTE: signing a batch's orders is the round's largest piece of CPU work; in a thread it
+        # no longer holds up the event loop (the follower settling receipts, the other chain).
+        data = await asyncio.to_thread(self.call_data, bridge, transfers, keys)
         if len(transfers) == 1:
             return Batch(bridge, transfers, data, await self.estimate(bridge, data))
         sample = self.call_data(bridge, transfers[:1], keys)

@@ -9,6 +9,7 @@ latest is what decides whether a release is still owed.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -128,13 +129,19 @@ class ReleaseLog:
     block_number: int
 
 
+@functools.lru_cache(maxsize=4096)
+def checksummed(address: str) -> str:
+    """EIP-55 spelling of ``address``, remembered: bridges and their addresses repeat on the hot path."""
+    return to_checksum_address(address)
+
+
 class TargetBridge:
     """The FerryBridge a transfer is released from, on its target chain."""
 
     def __init__(self, rpc: RpcClient, chain_id: int, address: str) -> None:
         self.rpc = rpc
         self.chain_id = chain_id
-        self.address = to_checksum_address(address)
+        self.address = checksummed(address)
 
     async def _call(self, function: str, *args: Any) -> tuple[Any, ...]:
         data = encode_call(function, *args)

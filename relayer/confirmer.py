@@ -2,18 +2,21 @@
 
 Each round of the submitter (``ChainSubmitter.tick``) calls ``Confirmer.check``:
 
-1. Read the account's mined nonce count first, then every open transaction's
-   receipts (all hashes of a nonce: an earlier, cheaper version may be the one
-   that was mined). Reading the count first means a transaction mined in
-   between is seen by its receipt, never mistaken for a dropped one.
+1. Read the account's mined nonce count first, then the receipts of every SENT
+   transaction below it (all hashes of a nonce: an earlier, cheaper version may
+   be the one that was mined; one at or above the count cannot be mined yet).
+   Reading the count first means a transaction mined in between is seen by its
+   receipt, never mistaken for a dropped one. Everything found in one look is
+   recorded in one database transaction (``txstore.record_settled``).
 2. Mined and succeeded: MINED, and each order it carries is RELEASED with this
    transaction, or, when its ``TransferReleased`` is not in the receipt (the
    batch skipped it: someone released it first), with the transaction that did
    release it ("already processed" is success). Mined and reverted: its
    transfers go back to CONFIRMED; the batcher finds out why before re-sending.
-3. MINED transactions are watched until they have the chain's confirmations
-   (then FINAL, and their transfers FINALIZED) or until their block leaves the
-   chain: then the transaction is SENT again, re-broadcast unchanged (same
+3. MINED transactions are watched, by the canonical block hash at their height,
+   until they have the chain's confirmations (then FINAL, and their transfers
+   FINALIZED, all of one look in one database transaction) or until their block
+   leaves the chain: then the transaction is SENT again, re-broadcast unchanged (same
    nonce, the bridge refuses replays), and its transfers go back to CONFIRMED.
 4. Gap repair: a SENT transaction at or above the mined count that the node
    does not know (anvil can drop one and keep later nonces queued; a node
@@ -31,8 +34,6 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from eth_utils.address import to_checksum_address
-
 from ferry.contracts import TRANSFER_RELEASED_TOPIC
 from ferry.domain import parse_transfer_id
 from ferry.metrics import (
@@ -46,9 +47,9 @@ from ferry.metrics import (
 from ferry.rpc import RpcGarbage, quantity
 from ferry.transitions import Change
 from relayer import legacy, txstore
-from relayer.bridge import LockKey, TargetBridge
+from relayer.bridge import LockKey, TargetBridge, checksummed
 from relayer.fees import replacement_fees, suggest_fees
-from relayer.txstore import Inclusion, Released, TxRow
+from relayer.txstore import Inclusion, Released, Settlement, TxRow
 
 if TYPE_CHECKING:
     from relayer.submitter import ChainSubmitter
@@ -86,8 +87,16 @@ class Confirmer:
             log.debug(
                 "chain %s head %d, mined nonces %d, %d open", self.label, head, mined_count, len(self.s.open)
             )
-            await self.follow(head)
+            started = loop.time()
+            await self.follow(head, mined_count)
+            followed = loop.time()
             await self.repair_gaps(mined_count, ask_node=gap_check)
+            log.debug(
+                "chain %s: followed in %.3f s, gaps checked in %.3f s",
+                self.label,
+                followed - started,
+                loop.time() - followed,
+            )
             if gap_check:
                 self._next_gap_check = loop.time() + GAP_CHECK_SECONDS
             self._last_head = head
@@ -96,29 +105,66 @@ class Confirmer:
 
     # ------------------------------------------------------------- receipts
 
-    async def follow(self, head: int) -> None:
+    async def follow(self, head: int, mined_count: int) -> None:
+        """Settle what was mined since the last look; watch what is mined until final or reorged out.
+
+        NOTE: receipts are asked only for SENT transactions below the account's mined nonce
+        count (read before them): one at or above it cannot be in a block yet. A MINED one is
+        watched through its block's hash at its height (a block hash commits to its
+        transactions): a few small headers per look instead of every receipt again.
+        """
         txs = sorted(self.s.open.values(), key=lambda tx: tx.nonce)
+        due = [tx for tx in txs if tx.status == "SENT" and tx.nonce < mined_count]
+        mined = [tx for tx in txs if tx.status == "MINED"]
         calls: list[tuple[str, list[Any]]] = []
         owners: list[TxRow] = []
-        for tx in txs:
-            for tx_hash in tx.hashes if tx.status == "SENT" else [tx.mined_hash]:
+        for tx in due:
+            for tx_hash in tx.hashes:
                 calls.append(("eth_getTransactionReceipt", [tx_hash]))
                 owners.append(tx)
-        receipts = await self.s.rpc.batch(calls)
+        heights = sorted({tx.block_number for tx in mined if tx.block_number is not None})
+        calls += [("eth_getBlockByNumber", [hex(number), False]) for number in heights]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answers = await self.s.rpc.batch(calls)
+        asked = loop.time()
         found: dict[int, dict[str, Any]] = {}
-        for tx, receipt in zip(owners, receipts, strict=True):
+        for tx, receipt in zip(owners, answers, strict=False):
             if isinstance(receipt, dict):
                 found.setdefault(tx.id, receipt)
             elif receipt is not None:
                 raise RpcGarbage(f"eth_getTransactionReceipt answered a {type(receipt).__name__}")
-        for tx in txs:
-            receipt = found.get(tx.id)
-            if tx.status == "SENT" and receipt is not None:
-                await self.settle(tx, receipt)
-            elif tx.status == "MINED":
-                await self.watch(tx, receipt, head)
+        canonical: dict[int, str] = {}
+        for number, block in zip(heights, answers[len(owners) :], strict=True):
+            if isinstance(block, dict):
+                canonical[number] = str(block.get("hash"))
+            elif block is not None:
+                raise RpcGarbage(f"eth_getBlockByNumber answered a {type(block).__name__}")
+        settled = [await self.settlement(tx, found[tx.id]) for tx in due if tx.id in found]
+        read = loop.time()
+        await self.settle(settled)
+        recorded = loop.time()
+        final = [tx for tx in mined if await self.watch(tx, canonical.get(tx.block_number or -1), head)]
+        if final:
+            await txstore.record_finals(self.s.pool, final)
+            for tx in final:
+                self.s.open.pop(tx.nonce, None)
+        log.debug(
+            "chain %s: %d receipts and %d blocks in %.3f s, %d settled (read %.3f s, recorded %.3f s), "
+            "%d final in %.3f s",
+            self.label,
+            len(owners),
+            len(heights),
+            asked - started,
+            len(settled),
+            read - asked,
+            recorded - read,
+            len(final),
+            loop.time() - recorded,
+        )
 
-    async def settle(self, tx: TxRow, receipt: dict[str, Any]) -> None:
+    async def settlement(self, tx: TxRow, receipt: dict[str, Any]) -> Settlement:
+        """What a receipt says about ``tx`` and its orders (chain reads only, nothing written)."""
         inclusion = Inclusion(
             str(receipt["transactionHash"]),
             quantity(receipt.get("blockNumber"), "receipt blockNumber"),
@@ -127,25 +173,31 @@ class Confirmer:
             quantity(receipt.get("gasUsed"), "receipt gasUsed"),
             quantity(receipt.get("effectiveGasPrice", "0x0"), "receipt effectiveGasPrice"),
         )
-        routes = await self.routes_of(tx)
-        self.count_gas(routes, inclusion)
         if not inclusion.succeeded:
             error = f"release transaction {inclusion.tx_hash} reverted in block {inclusion.block_number}"
-            await txstore.record_reverted(self.s.pool, tx, inclusion, error)
-            self.s.open.pop(tx.nonce, None)
-            RELEASES.labels(self.label, "reverted").inc()
-            log.warning("%s; its %d transfers go back to be checked", error, len(tx.transfer_ids))
-            return
+            return Settlement(tx, inclusion, [], list(tx.transfer_ids), error)
         released, missing = await self.released_orders(tx, receipt, inclusion)
-        changes = await txstore.record_mined(self.s.pool, tx, inclusion, released)
-        if missing:
-            changes += await txstore.record_not_released(
-                self.s.pool, missing, f"release {inclusion.tx_hash} skipped the order; sending it again"
-            )
-        tx.status, tx.mined_hash = "MINED", inclusion.tx_hash
-        tx.block_number, tx.block_hash = inclusion.block_number, inclusion.block_hash
-        RELEASES.labels(self.label, "mined").inc()
-        self.observe_latency(changes, released, routes)
+        error = f"release {inclusion.tx_hash} skipped the order; sending it again"
+        return Settlement(tx, inclusion, released, missing, error)
+
+    async def settle(self, settled: list[Settlement]) -> None:
+        """Record every transaction found in a block since the last look, in one COMMIT."""
+        if not settled:
+            return
+        routes = await self.routes_for([tid for item in settled for tid in item.tx.transfer_ids])
+        changes = await txstore.record_settled(self.s.pool, settled)
+        for item in settled:
+            tx, inclusion = item.tx, item.inclusion
+            self.count_gas({tid: routes[tid] for tid in tx.transfer_ids if tid in routes}, inclusion)
+            if not inclusion.succeeded:
+                self.s.open.pop(tx.nonce, None)
+                RELEASES.labels(self.label, "reverted").inc()
+                log.warning("%s; its %d transfers go back to be checked", item.error, len(tx.transfer_ids))
+                continue
+            tx.status, tx.mined_hash = "MINED", inclusion.tx_hash
+            tx.block_number, tx.block_hash = inclusion.block_number, inclusion.block_hash
+            RELEASES.labels(self.label, "mined").inc()
+        self.observe_latency(changes, [r for item in settled for r in item.released], routes)
 
     async def released_orders(
         self, tx: TxRow, receipt: dict[str, Any], inclusion: Inclusion
@@ -194,20 +246,21 @@ class Confirmer:
                 released.append(Released(transfer_id, found.tx_hash, found.block_number, when))
         return released, missing
 
-    async def watch(self, tx: TxRow, receipt: dict[str, Any] | None, head: int) -> None:
-        """A MINED transaction: FINAL with the chain's confirmations, SENT again if reorged out."""
-        if receipt is None or str(receipt.get("blockHash")) != tx.block_hash:
+    async def watch(self, tx: TxRow, block_hash: str | None, head: int) -> bool:
+        """A MINED transaction: True when final (the caller records it), SENT again if reorged out.
+
+        ``block_hash``: the canonical block's at the transaction's height (None: no block there).
+        """
+        if block_hash is None or block_hash.lower() != (tx.block_hash or "").lower():
             log.warning("release %s left the chain (reorg); sending it again", tx.mined_hash)
             await txstore.record_reorged(self.s.pool, tx)
             tx.status, tx.mined_hash, tx.block_number, tx.block_hash = "SENT", None, None, None
             tx.sent_at = asyncio.get_running_loop().time()
             RELEASES.labels(self.label, "reorged").inc()
             await self.s.transmit(tx, "rebroadcast")
-            return
+            return False
         assert tx.block_number is not None
-        if head - tx.block_number + 1 >= self.s.chain.confirmations:
-            await txstore.record_final(self.s.pool, tx)
-            self.s.open.pop(tx.nonce, None)
+        return head - tx.block_number + 1 >= self.s.chain.confirmations
 
     # ------------------------------------------------------ gaps and fees
 
@@ -290,8 +343,11 @@ class Confirmer:
         return cached
 
     async def routes_of(self, tx: TxRow) -> dict[str, tuple[str, datetime]]:
+        return await self.routes_for(tx.transfer_ids)
+
+    async def routes_for(self, transfer_ids: list[str]) -> dict[str, tuple[str, datetime]]:
         rows = await self.s.pool.fetch(
-            "SELECT id, route_id, lock_block_time FROM transfers WHERE id = ANY($1::text[])", tx.transfer_ids
+            "SELECT id, route_id, lock_block_time FROM transfers WHERE id = ANY($1::text[])", transfer_ids
         )
         return {row["id"]: (row["route_id"], row["lock_block_time"]) for row in rows}
 
@@ -316,7 +372,7 @@ class Confirmer:
 
 def lock_key(transfer_id: str) -> LockKey:
     chain, bridge, nonce = parse_transfer_id(transfer_id)
-    return LockKey(chain, to_checksum_address(bridge), nonce)
+    return LockKey(chain, checksummed(bridge), nonce)
 
 
 def released_keys(logs: list[dict[str, Any]], bridge: str) -> set[tuple[int, str, int]]:

@@ -4,6 +4,15 @@
   (or ``eth_maxPriorityFeePerGas`` when the node has it and it is higher), never
   below ``MIN_PRIORITY_FEE``; the fee cap is twice the next block's base fee plus
   the tip, so a release survives a few full blocks of base-fee growth.
+- ``FeePricer`` (new release transactions): that suggestion, raised to outbid the
+  competition seen in the latest block: one wei above the
+  ``COMPETITION_PERCENTILE``-th percentile of other senders' tips *and* of their
+  fee caps there. A release is what a user waits for, and in a burst of locks it
+  would otherwise queue behind all of them: geth-like pools order by effective
+  tip, and anvil orders by fee cap (measured with anvil 1.7.1: a higher tip alone
+  did not move a transaction ahead of a backlog; a higher fee cap did). A higher
+  cap costs nothing by itself (a transaction pays base fee plus tip); the
+  relayer's own transactions are left out, so its prices do not feed on themselves.
 - ``replacement_fees``: a transaction not mined in time is re-signed with the same
   nonce and fees at least ``bump_percent`` (12.5 % or more, what nodes require)
   above the last ones, never below them, and at least today's suggestion; capped
@@ -13,10 +22,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 from ferry.rpc import RpcClient, RpcError, RpcGarbage, quantity
 
@@ -24,6 +35,8 @@ GWEI = 10**9
 #: Lowest tip offered, whatever the node suggests (anvil and some L2s suggest 0).
 MIN_PRIORITY_FEE = GWEI // 10
 FEE_HISTORY_BLOCKS = 5
+#: The percentile of other senders' tips and fee caps in the latest block that a release outbids.
+COMPETITION_PERCENTILE = 90
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,69 @@ async def suggest_fees(rpc: RpcClient) -> Fees:
         tip = max(tip, quantity(await rpc.call("eth_maxPriorityFeePerGas"), "eth_maxPriorityFeePerGas"))
     tip = max(tip, MIN_PRIORITY_FEE)
     return Fees(max_fee_per_gas=2 * next_base_fee + tip, max_priority_fee_per_gas=tip)
+
+
+@dataclass(frozen=True)
+class Competition:
+    """Other senders' prices in one block: the ``COMPETITION_PERCENTILE``-th tip and fee cap (0: none)."""
+
+    block_number: int
+    tip: int
+    fee_cap: int
+
+
+def competition_in(block: dict[str, Any], own_account: str) -> Competition:
+    """The competition in a block read with its transactions, the relayer's own left out."""
+    own = own_account.lower()
+    tips: list[int] = []
+    caps: list[int] = []
+    for tx in block.get("transactions") or []:
+        if not isinstance(tx, dict) or str(tx.get("from", "")).lower() == own:
+            continue
+        cap = tx.get("maxFeePerGas") or tx.get("gasPrice")
+        if cap is None:
+            continue
+        caps.append(quantity(cap, "transaction maxFeePerGas"))
+        tips.append(quantity(tx.get("maxPriorityFeePerGas") or cap, "transaction maxPriorityFeePerGas"))
+    number = quantity(block.get("number"), "block number")
+    if not caps:
+        return Competition(number, 0, 0)
+    return Competition(number, _percentile(tips), _percentile(caps))
+
+
+def _percentile(values: list[int]) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, len(ordered) * COMPETITION_PERCENTILE // 100)]
+
+
+class FeePricer:
+    """Fees for new release transactions of one account: ``suggest_fees``, outbidding the latest block.
+
+    The latest block is read with its transactions once per new head (the fee history's
+    newest block says when there is one), so a round that finds the same head pays nothing more.
+    """
+
+    def __init__(self, rpc: RpcClient, own_account: str) -> None:
+        self.rpc = rpc
+        self.own_account = own_account
+        self.latest: Competition | None = None
+
+    async def fees(self) -> Fees:
+        suggested, answer = await asyncio.gather(suggest_fees(self.rpc), self.rpc.call("eth_blockNumber"))
+        head = quantity(answer, "eth_blockNumber")
+        if self.latest is None or self.latest.block_number != head:
+            block = await self.rpc.call("eth_getBlockByNumber", hex(head), True)
+            if not isinstance(block, dict):
+                return suggested  # NOTE: the head moved on or back meanwhile; next round reads it
+            self.latest = competition_in(block, self.own_account)
+        return outbid(suggested, self.latest)
+
+
+def outbid(suggested: Fees, competition: Competition) -> Fees:
+    """``suggested``, with tip and fee cap each one wei above the competition's when it offers more."""
+    tip = max(suggested.max_priority_fee_per_gas, competition.tip + 1 if competition.tip else 0)
+    cap = max(suggested.max_fee_per_gas, competition.fee_cap + 1 if competition.fee_cap else 0)
+    return Fees(max(cap, tip), tip)
 
 
 def capped(fees: Fees, cap: int) -> Fees:

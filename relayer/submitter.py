@@ -22,10 +22,20 @@ Objectives, in order (modelled on Hyperlane's per-destination submitter):
    ``releaseBatch``; a partial batch waits at most ``batch_linger`` seconds from
    its oldest transfer's hand-off (``relayer.batcher``).
 
-The leader runs two loops side by side: the sender (``send_round``: batches up to
-``MAX_BATCHES_PER_ROUND`` at a time, built in parallel, persisted in nonce order,
-then broadcast together) and the follower (``relayer.confirmer`` every
-``FOLLOW_SECONDS`` at most), so settling receipts never holds up sending.
+The leader runs three loops side by side, a pipeline of two stages and the follower:
+
+- the builder (``send_round``): picks ready transfers not already claimed by a
+  batch further down the pipeline, builds up to ``MAX_BATCHES_PER_ROUND`` batches
+  at a time in parallel (signatures, ``eth_call``) and hands them to
+- the storer, through a bounded queue (``PIPELINE_DEPTH`` rounds): it prices,
+  signs and persists a round's batches in nonce order in one COMMIT, then
+  broadcasts them in one JSON-RPC batch. The builder works on the next round
+  meanwhile; a transfer stays claimed (in memory: only the leader submits) until
+  its batch is stored or left out, so it is never built twice;
+- the follower (``relayer.confirmer`` every ``FOLLOW_SECONDS`` at most), so
+  settling receipts never holds up sending.
+
+``tick`` (tests) runs one round of each, without the queue.
 
 Wake-ups: vetting NOTIFYs ``ferry_relay_ready`` when it hands transfers over, the
 follower wakes the sender when transactions leave the pipeline; otherwise the
@@ -41,6 +51,7 @@ import enum
 import logging
 import random
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -54,7 +65,7 @@ from ferry.settings import ChainConfig, Settings
 from relayer import txstore
 from relayer.batcher import Batch, Batcher
 from relayer.confirmer import Confirmer
-from relayer.fees import Fees, capped, suggest_fees
+from relayer.fees import FeePricer, Fees, capped
 from relayer.txstore import ReadyTransfer, SignedTx, TxRow
 
 log = logging.getLogger(__name__)
@@ -70,7 +81,17 @@ MIN_ROUND_SECONDS = 0.05
 FOLLOW_SECONDS = 0.25
 #: Most batches one round builds and sends; the round after follows at once. Keeps rounds short,
 #: so receipts are followed (and transfers marked RELEASED) while a backlog drains.
-MAX_BATCHES_PER_ROUND = 8
+MAX_BATCHES_PER_ROUND = 12
+#: Built rounds waiting for the storer; the builder waits when the queue is full.
+PIPELINE_DEPTH = 2
+
+
+@dataclass
+class BuiltRound:
+    """Batches built by one round of the builder, for the storer; ``error`` raises after storing them."""
+
+    batches: list[Batch]
+    error: BaseException | None = None
 
 
 class Broadcast(enum.Enum):
@@ -123,15 +144,23 @@ async def broadcast(rpc: RpcClient, raw_tx: bytes) -> Broadcast:
     try:
         await rpc.call("eth_sendRawTransaction", "0x" + raw_tx.hex())
     except RpcError as exc:
-        message = exc.message.lower()
-        if "already known" in message or "already imported" in message or "known transaction" in message:
-            return Broadcast.ALREADY_KNOWN
-        if "nonce too low" in message or "nonce is too low" in message:
-            return Broadcast.NONCE_TOO_LOW
-        if "underpriced" in message:
-            return Broadcast.UNDERPRICED
-        raise
+        verdict = judge_refusal(exc)
+        if verdict is None:
+            raise
+        return verdict
     return Broadcast.SENT
+
+
+def judge_refusal(exc: RpcError) -> Broadcast | None:
+    """What a node's refusal of a raw transaction means, or None when it is none of the known ones."""
+    message = exc.message.lower()
+    if "already known" in message or "already imported" in message or "known transaction" in message:
+        return Broadcast.ALREADY_KNOWN
+    if "nonce too low" in message or "nonce is too low" in message:
+        return Broadcast.NONCE_TOO_LOW
+    if "underpriced" in message:
+        return Broadcast.UNDERPRICED
+    return None
 
 
 @contextlib.asynccontextmanager
@@ -167,10 +196,15 @@ class ChainSubmitter:
         self.signer = signer
         self.batcher = Batcher(chain, rpc, pool, settings, signer.address, signers, legacy or {})
         self.confirmer = Confirmer(self)
+        self.pricer = FeePricer(rpc, signer.address)
         self.wake = asyncio.Event()
         self.open: dict[int, TxRow] = {}
         self.next_nonce = 0
         self.leading = False
+        #: Transfers in batches built but not stored yet (the pipeline's queue and the storer).
+        self.claimed: set[str] = set()
+        self.built_batches = 0
+        self._stage: asyncio.Queue[BuiltRound] | None = None
         self._next_balance_check = 0.0
         self._label = chain.name
 
@@ -215,10 +249,17 @@ class ChainSubmitter:
         )
         # NOTE: sending and following run side by side: settling a block's receipts (database
         # work per transaction) never delays the next batches, and the reverse.
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.keep_lease(conn))
-            group.create_task(self.follow_loop())
-            group.create_task(self.send_loop())
+        self.claimed, self.built_batches = set(), 0
+        self._stage = asyncio.Queue(PIPELINE_DEPTH)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.keep_lease(conn))
+                group.create_task(self.follow_loop())
+                group.create_task(self.store_loop())
+                group.create_task(self.send_loop())
+        finally:
+            self._stage = None
+            self.claimed, self.built_batches = set(), 0
 
     async def keep_lease(self, conn: asyncpg.Connection) -> None:
         while True:
@@ -245,6 +286,24 @@ class ChainSubmitter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), max(wait - MIN_ROUND_SECONDS, 0))
             self.wake.clear()
+
+    async def store_loop(self) -> None:
+        """The pipeline's second stage: store each built round in one COMMIT, then broadcast it."""
+        assert self._stage is not None
+        while True:
+            built = await self._stage.get()
+            try:
+                await self.store(built.batches)
+            finally:
+                self.release_claims(built.batches)
+            self.wake.set()  # NOTE: the builder may have waited for room in the pipeline
+            if built.error is not None:
+                raise built.error  # NOTE: after sending what could go; the leader starts over
+
+    def release_claims(self, batches: Sequence[Batch]) -> None:
+        for batch in batches:
+            self.claimed.difference_update(t.id for t in batch.transfers)
+        self.built_batches -= len(batches)
 
     def in_flight(self) -> int:
         return sum(1 for tx in self.open.values() if tx.status == "SENT")
@@ -282,15 +341,19 @@ class ChainSubmitter:
         every due batch is built at once (signing and ``eth_estimateGas`` overlap), then each
         is signed as a transaction and persisted in nonce order, then all are broadcast at once.
         """
-        room = self.settings.max_in_flight - self.in_flight()
+        room = self.settings.max_in_flight - self.in_flight() - self.built_batches
         if room <= 0:
             return self.chain.poll_interval
         limit = self.settings.batch_size * min(room, MAX_BATCHES_PER_ROUND)
-        ready = await txstore.ready_transfers(self.pool, self.chain.id, limit)
+        claimed = set(self.claimed)
+        ready = await txstore.ready_transfers(self.pool, self.chain.id, limit + len(claimed))
+        unclaimed = [t for t in ready if t.id not in claimed]
+        more = len(ready) == limit + len(claimed)
+        ready = unclaimed[:limit]
         due, wait = self.due_chunks(ready)
         depth = len(ready)
-        if len(ready) == limit:
-            depth = await txstore.count_ready(self.pool, self.chain.id)
+        if more or len(unclaimed) > limit:
+            depth = await txstore.count_ready(self.pool, self.chain.id) - len(claimed)
             if due:
                 wait = 0.0  # NOTE: more are ready than one round takes: the next round follows at once
         QUEUE_DEPTH.labels(self._label).set(depth)
@@ -298,15 +361,45 @@ class ChainSubmitter:
             return max(wait, 0.01)
         if len(due) > min(room, MAX_BATCHES_PER_ROUND):
             due, wait = due[: min(room, MAX_BATCHES_PER_ROUND)], 0.0
-        fees_task = asyncio.ensure_future(suggest_fees(self.rpc))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         built = await asyncio.gather(*(self.batcher.build(chunk) for chunk in due), return_exceptions=True)
-        fees = capped(await fees_task, self.settings.max_fee_per_gas)
-        persisted = await self.persist([batch for batch in built if isinstance(batch, Batch)], fees)
-        await asyncio.gather(*(self.transmit(tx, "sent") for tx in persisted))
+        log.debug("chain %s: %d batches built in %.3f s", self.chain.id, len(due), loop.time() - started)
+        batches = [batch for batch in built if isinstance(batch, Batch)]
         failed = next((error for error in built if isinstance(error, BaseException)), None)
+        if self._stage is None:
+            await self.store(batches)
+            if failed is not None:
+                raise failed  # NOTE: after sending what could go; the round starts over
+            return max(wait, 0.01)
+        for batch in batches:
+            self.claimed.update(t.id for t in batch.transfers)
+        self.built_batches += len(batches)
+        # NOTE: the storer raises ``failed`` after storing what was built with it.
+        await self._stage.put(BuiltRound(batches, failed))
         if failed is not None:
-            raise failed  # NOTE: after sending what could go; the round starts over
+            await asyncio.Event().wait()  # NOTE: the storer raises it and the leader starts over
         return max(wait, 0.01)
+
+    async def store(self, batches: list[Batch]) -> None:
+        """Price, sign and persist ``batches`` in one COMMIT, then broadcast them in one request."""
+        if not batches:
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        fees = capped(await self.pricer.fees(), self.settings.max_fee_per_gas)
+        priced = loop.time()
+        persisted = await self.persist(batches, fees)
+        stored = loop.time()
+        await self.transmit_all(persisted, "sent")
+        log.debug(
+            "chain %s: %d batches priced in %.3f s, stored in %.3f s, broadcast in %.3f s",
+            self.chain.id,
+            len(persisted),
+            priced - started,
+            stored - priced,
+            loop.time() - stored,
+        )
 
     def due_chunks(self, ready: list[ReadyTransfer]) -> tuple[list[list[ReadyTransfer]], float]:
         """Ready transfers cut into batches due now (full, or lingered enough); seconds until the next."""
@@ -371,6 +464,28 @@ class ChainSubmitter:
             return None
         RELEASES.labels(self._label, outcome).inc()
         return answer
+
+    async def transmit_all(self, txs: Sequence[TxRow], outcome: str) -> None:
+        """Broadcast ``txs`` in one JSON-RPC batch, each answer judged alone (as ``broadcast``)."""
+        if not txs:
+            return
+        calls = [("eth_sendRawTransaction", ["0x" + tx.raw_tx.hex()]) for tx in txs]
+        try:
+            answers = await self.rpc.batch_results(calls)
+        except (RpcUnavailable, RpcGarbage) as exc:
+            log.warning("broadcast of %d releases failed, will re-send: %s", len(txs), exc)
+            return
+        for tx, answer in zip(txs, answers, strict=True):
+            if isinstance(answer, RpcError):
+                verdict = judge_refusal(answer)
+                if verdict is None:
+                    log.warning("broadcast of %s failed, will re-send: %s", tx.tx_hash, answer)
+                    continue
+                if verdict is not Broadcast.ALREADY_KNOWN:
+                    # NOTE: nonce too low: the follower checks it by receipt (or DROPPED);
+                    # underpriced: the next re-pricing bumps it.
+                    log.warning("broadcast of %s refused: %s", tx.tx_hash, verdict.value)
+            RELEASES.labels(self._label, outcome).inc()
 
     async def check_balance(self) -> None:
         loop = asyncio.get_running_loop()

@@ -202,21 +202,23 @@ async def persist_txs(
     transfers move to SUBMITTED, all before anything is broadcast. Raises
     ``asyncpg.UniqueViolationError`` (nothing stored) when a nonce is already taken.
     """
-    stored: list[TxRow] = []
-    moves: list[Move] = []
+    # NOTE: a handful of statements for the whole round, not a few per batch: on a busy event
+    # loop every round trip waits its turn, and this transaction holds the rows locked.
     async with pool.acquire() as conn, conn.transaction():
-        for transfer_ids in batches:
-            free = await _free_transfers(conn, transfer_ids)
-            if len(free) != len(set(transfer_ids)):
-                continue
-            signed = sign(first_nonce + len(stored), transfer_ids)
-            stored.append(await _insert_tx(conn, signed, free))
-            moves += [
-                Move(tid, S.SUBMITTED, tx_hash=signed.tx_hash, only_from=frozenset({S.CONFIRMED}))
-                for tid in free
-            ]
-        if moves:
-            await move_together(conn, moves)
+        free = set(await _free_transfers(conn, [tid for ids in batches for tid in ids]))
+        kept = [ids for ids in batches if all(tid in free for tid in ids)]
+        if not kept:
+            return []
+        signed = [sign(first_nonce + index, ids) for index, ids in enumerate(kept)]
+        stored = await _insert_txs(conn, signed, [sorted(set(ids)) for ids in kept])
+        carried = [tid for tx in stored for tid in tx.transfer_ids]
+        await conn.execute("UPDATE transfers SET attempts = attempts + 1 WHERE id = ANY($1::text[])", carried)
+        moves = [
+            Move(tid, S.SUBMITTED, tx_hash=tx.tx_hash, only_from=frozenset({S.CONFIRMED}))
+            for tx in stored
+            for tid in tx.transfer_ids
+        ]
+        await move_together(conn, moves)
     return stored
 
 
@@ -236,23 +238,39 @@ async def _free_transfers(conn: asyncpg.Connection, transfer_ids: Sequence[str])
     return [row["id"] for row in rows]
 
 
-async def _insert_tx(conn: asyncpg.Connection, signed: SignedTx, free: list[str]) -> TxRow:
-    tx_id: int = await conn.fetchval(
+async def _insert_txs(
+    conn: asyncpg.Connection, signed: Sequence[SignedTx], carried: Sequence[list[str]]
+) -> list[TxRow]:
+    """Insert the transactions and the orders each carries (``carried``, same order), in two statements."""
+    ids = await conn.fetch(
         """
         INSERT INTO relay_txs (chain_id, account, nonce, bridge, tx_hash, call_data, gas, raw_tx,
                                max_fee_per_gas, max_priority_fee_per_gas, status)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'SENT') RETURNING id
+        SELECT s.chain_id, s.account, s.nonce, s.bridge, s.tx_hash, s.call_data, s.gas, s.raw_tx,
+               s.max_fee, s.max_tip, 'SENT'
+          FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bytea[],
+                      $7::bigint[], $8::bytea[], $9::numeric[], $10::numeric[])
+               AS s(chain_id, account, nonce, bridge, tx_hash, call_data, gas, raw_tx, max_fee, max_tip)
+        RETURNING id, nonce
         """,
-        signed.chain_id, signed.account, signed.nonce, signed.bridge, signed.tx_hash, signed.call_data,
-        signed.gas, signed.raw_tx, signed.fees.max_fee_per_gas, signed.fees.max_priority_fee_per_gas,
+        [t.chain_id for t in signed], [t.account for t in signed], [t.nonce for t in signed],
+        [t.bridge for t in signed], [t.tx_hash for t in signed], [t.call_data for t in signed],
+        [t.gas for t in signed], [t.raw_tx for t in signed], [t.fees.max_fee_per_gas for t in signed],
+        [t.fees.max_priority_fee_per_gas for t in signed],
     )  # fmt: skip
+    tx_ids = {row["nonce"]: row["id"] for row in ids}
     await conn.execute(
-        "INSERT INTO relay_tx_orders (tx_id, transfer_id) SELECT $1, unnest($2::text[])", tx_id, free
+        "INSERT INTO relay_tx_orders (tx_id, transfer_id) SELECT * FROM unnest($1::bigint[], $2::text[])",
+        [tx_ids[t.nonce] for t, free in zip(signed, carried, strict=True) for _ in free],
+        [tid for free in carried for tid in free],
     )
-    await conn.execute("UPDATE transfers SET attempts = attempts + 1 WHERE id = ANY($1::text[])", free)
+    return [_stored(t, tx_ids[t.nonce], free) for t, free in zip(signed, carried, strict=True)]
+
+
+def _stored(signed: SignedTx, tx_id: int, carried: list[str]) -> TxRow:
     return TxRow(
         tx_id, signed.chain_id, signed.account, signed.nonce, signed.bridge, signed.tx_hash, [],
-        signed.call_data, signed.gas, signed.raw_tx, signed.fees, 0, "SENT", None, None, None, sorted(free),
+        signed.call_data, signed.gas, signed.raw_tx, signed.fees, 0, "SENT", None, None, None, carried,
     )  # fmt: skip
 
 
@@ -306,6 +324,15 @@ async def record_mined(
 async def _record_released(conn: asyncpg.Connection, released: Sequence[Released]) -> list[Change]:
     if not released:
         return []
+    await _set_release(conn, released)
+    moves = [
+        Move(r.transfer_id, S.RELEASED, tx_hash=r.tx_hash, block_number=r.block_number) for r in released
+    ]
+    return await move_together(conn, moves)
+
+
+async def _set_release(conn: asyncpg.Connection, released: Sequence[Released]) -> None:
+    """Where each transfer was released (only on transfers that may still become RELEASED)."""
     await conn.execute(
         """
         UPDATE transfers AS t
@@ -321,15 +348,92 @@ async def _record_released(conn: asyncpg.Connection, released: Sequence[Released
         [r.block_time for r in released],
         [s.value for s in ALLOWED_FROM[S.RELEASED]],
     )
-    moves = [
-        Move(r.transfer_id, S.RELEASED, tx_hash=r.tx_hash, block_number=r.block_number) for r in released
-    ]
-    return await move_together(conn, moves)
 
 
 async def record_released(pool: asyncpg.Pool, released: Sequence[Released]) -> list[Change]:
     async with pool.acquire() as conn, conn.transaction():
         return await _record_released(conn, released)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """A transaction found in a block: its receipt's facts and what became of its orders."""
+
+    tx: TxRow
+    inclusion: Inclusion
+    #: Orders released (by this transaction or another one); empty when it reverted.
+    released: Sequence[Released]
+    #: Orders it carried but did not release (sent again), with the reason; all of them when it reverted.
+    missing: Sequence[str]
+    error: str | None
+
+
+async def record_settled(pool: asyncpg.Pool, settlements: Sequence[Settlement]) -> list[Change]:
+    """Every transaction of a look at the chain settled in one COMMIT (one history lock, one NOTIFY).
+
+    A succeeded one is MINED and its released orders RELEASED; a reverted one is REVERTED; the
+    transfers of a reverted one, and orders a mined one skipped, go back to CONFIRMED.
+    """
+    if not settlements:
+        return []
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """
+            UPDATE relay_txs AS x
+               SET status = CASE WHEN s.ok THEN 'MINED' ELSE 'REVERTED' END, mined_hash = s.tx_hash,
+                   block_number = s.block_number, block_hash = s.block_hash, gas_used = s.gas_used,
+                   gas_price = s.gas_price, error = s.error, updated_at = now()
+              FROM unnest($1::bigint[], $2::bool[], $3::text[], $4::bigint[], $5::text[], $6::numeric[],
+                          $7::numeric[], $8::text[])
+                   AS s(id, ok, tx_hash, block_number, block_hash, gas_used, gas_price, error)
+             WHERE x.id = s.id
+            """,
+            [item.tx.id for item in settlements],
+            [item.inclusion.succeeded for item in settlements],
+            [item.inclusion.tx_hash for item in settlements],
+            [item.inclusion.block_number for item in settlements],
+            [item.inclusion.block_hash for item in settlements],
+            [item.inclusion.gas_used for item in settlements],
+            [item.inclusion.gas_price for item in settlements],
+            [item.error if not item.inclusion.succeeded else None for item in settlements],
+        )
+        released = [r for item in settlements for r in item.released]
+        back = [(tid, item.error) for item in settlements for tid in item.missing]
+        if back:
+            await conn.execute(
+                """
+                UPDATE transfers AS t SET last_error = b.error
+                  FROM unnest($1::text[], $2::text[]) AS b(id, error) WHERE t.id = b.id
+                """,
+                [tid for tid, _ in back],
+                [error for _, error in back],
+            )
+        if released:
+            await _set_release(conn, released)
+        moves = [
+            Move(r.transfer_id, S.RELEASED, tx_hash=r.tx_hash, block_number=r.block_number) for r in released
+        ]
+        moves += [
+            Move(tid, S.CONFIRMED, reason=error, only_from=frozenset({S.SUBMITTED})) for tid, error in back
+        ]
+        return await move_together(conn, moves)
+
+
+async def record_finals(pool: asyncpg.Pool, txs: Sequence[TxRow]) -> list[Change]:
+    """Transactions with the chain's confirmations: FINAL; their released transfers FINALIZED, one COMMIT."""
+    if not txs:
+        return []
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE relay_txs SET status = 'FINAL', updated_at = now() WHERE id = ANY($1::bigint[])",
+            [tx.id for tx in txs],
+        )
+        moves = [
+            Move(tid, S.FINALIZED, block_number=tx.block_number, only_from=frozenset({S.RELEASED}))
+            for tx in txs
+            for tid in tx.transfer_ids
+        ]
+        return await move_together(conn, moves)
 
 
 async def record_reverted(pool: asyncpg.Pool, tx: TxRow, inclusion: Inclusion, error: str) -> list[Change]:

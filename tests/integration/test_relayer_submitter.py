@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from ferry.devstack import DevNetwork
+from ferry.rpc import RpcError
 from relayer.context import CONTEXT_KEY, RelayerContext, open_context
 from relayer.jobs import relay_transfer
-from relayer.submitter import ChainSubmitter
+from relayer.submitter import Broadcast, ChainSubmitter, judge_refusal
 from tests.integration.test_relayer import (
     AMOUNT,
     WAIT_LIMIT,
@@ -169,3 +170,35 @@ async def test_release_reorged_out_of_the_target_chain_is_sent_again_and_release
         ("RELEASED", "CONFIRMED"),
         ("CONFIRMED", "RELEASED"),
     ]
+
+
+async def test_a_broadcast_batch_judges_each_transaction_alone(
+    dev_chains: DevNetwork, open_relayer: OpenRelayer
+) -> None:
+    relayer = await open_relayer(batch_size=1)
+    _, target = chains(dev_chains)
+    transfers = await hand_over(relayer, 2, dev_chains)
+    tids = [tid for tid, _, _ in transfers]
+    submitter = submitter_for(relayer)
+    await submitter.resume()
+    rpc(target, "evm_setAutomine", False)
+    await ticks_until(submitter, "SELECT count(*) = 2 FROM relay_txs")
+    sent = sorted(submitter.open.values(), key=lambda tx: tx.nonce)
+
+    # A garbage transaction between the two does not hide their answers.
+    calls = [("eth_sendRawTransaction", ["0x" + tx.raw_tx.hex()]) for tx in sent]
+    answers = await submitter.rpc.batch_results(
+        [calls[0], ("eth_sendRawTransaction", ["0xdeadbeef"]), calls[1]]
+    )
+    assert len(answers) == 3
+    assert isinstance(answers[1], RpcError)
+    for tx, answer in zip(sent, [answers[0], answers[2]], strict=True):
+        assert answer == tx.tx_hash or (
+            isinstance(answer, RpcError) and judge_refusal(answer) is Broadcast.ALREADY_KNOWN
+        ), answer
+    # Sending them again as the storer does is harmless: each "already known" alone.
+    await submitter.transmit_all(sent, "rebroadcast")
+    rpc(target, "evm_mine")
+
+    assert set((await drive(submitter, tids, resume=False)).values()) == {"RELEASED"}
+    assert all(len(releases_on_chain(dev_chains, locked)) == 1 for _, _, locked in transfers)

@@ -88,8 +88,6 @@ class Transfer(SQLModel, table=True):
             name="transfers_status_known",
         ),
         sa.Index("transfers_status_idx", "status"),
-        sa.Index("transfers_sender_idx", "sender", "id"),
-        sa.Index("transfers_recipient_idx", "recipient", "id"),
     )
 
     id: str = Field(primary_key=True, description="<source chain>:<source bridge>:<nonce>")

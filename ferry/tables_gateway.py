@@ -5,7 +5,8 @@
   once, when it is created, and never stored, logged or returned again).
 - Indexes on ``transfers`` that the GraphQL list queries need (keyset paging by
   lock time, update time and amount, per address). They are declared here, on the
-  shared table, so ``alembic check`` sees them; migration 0005 creates them.
+  shared table, so ``alembic check`` sees them; migration 0005 creates them (0008
+  dropped two of them that other indexes serve).
 
 Imported by ferry/tables.py so Alembic and the schema check see them.
 """
@@ -46,5 +47,5 @@ sa.Index("transfers_sender_time_idx", _transfers.c.sender, _transfers.c.lock_blo
 sa.Index(
     "transfers_recipient_time_idx", _transfers.c.recipient, _transfers.c.lock_block_time, _transfers.c.id
 )
-sa.Index("transfers_route_time_idx", _transfers.c.route_id, _transfers.c.lock_block_time)
-sa.Index("transfers_lock_tx_idx", _transfers.c.lock_tx_hash)
+# NOTE: (route_id, lock_block_time) is the relayer's transfers_limits_route_time_idx and a
+# lookup by lock transaction uses the unique transfers_lock_log (migrations/versions/0008).

@@ -5,7 +5,7 @@
   transaction, and a chains file whose source bridge is the emitter.
 - ``scratch_database()``: a new database on the configured PostgreSQL
   (``FERRY_DATABASE_URL``'s server, default 127.0.0.1:5432, embedded when nothing
-  answers), migrated; dropped at the end.
+  answers), migrated; dropped at the end, whether the benchmark succeeded or not.
 
 Benchmarks are scripts, never tests: run ``.venv/bin/python bench/backfill.py``.
 """
@@ -95,10 +95,12 @@ def scratch_database() -> Iterator[str]:
     try:
         with psycopg.connect(server.url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        url = urlunsplit(urlsplit(server.url)._replace(path=f"/{name}"))
-        upgrade(url)
-        yield url
-        with psycopg.connect(server.url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        try:
+            url = urlunsplit(urlsplit(server.url)._replace(path=f"/{name}"))
+            upgrade(url)
+            yield url
+        finally:  # NOTE: also when the benchmark (or the migration) fails: no database left behind
+            with psycopg.connect(server.url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         server.stop()

@@ -38,6 +38,17 @@ from ferry.domain import ALLOWED_FROM, CHANGES_CHANNEL, TransferStatus
 
 #: Arbitrary constant key of the advisory lock that orders history inserts.
 HISTORY_LOCK_KEY = 0x0F3E_5E47
+#: Changes in one call from which their history rows are COPYed (``_copy_history``).
+COPY_HISTORY_FROM = 512
+_HISTORY_COLUMNS = (
+    "transfer_id",
+    "from_status",
+    "to_status",
+    "reason",
+    "tx_hash",
+    "block_number",
+    "created_at",
+)
 
 
 @dataclass(frozen=True)
@@ -119,33 +130,36 @@ async def record_history(conn: asyncpg.Connection, changes: Sequence[Change]) ->
     """Insert history rows in commit order and NOTIFY once; returns the highest id written."""
     if not changes:
         return None
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", HISTORY_LOCK_KEY)
-    volumes = await conn.fetch(
-        """
-        WITH inserted AS (
-        INSERT INTO transfer_status_history
-               (transfer_id, from_status, to_status, reason, tx_hash, block_number, created_at)
-        SELECT transfer_id, from_status, to_status, reason, tx_hash, block_number, clock_timestamp()
-          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
-               AS c(transfer_id, from_status, to_status, reason, tx_hash, block_number)
-        RETURNING id, transfer_id, to_status
+    if len(changes) >= COPY_HISTORY_FROM:
+        volumes = await _copy_history(conn, changes)
+    else:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", HISTORY_LOCK_KEY)
+        volumes = await conn.fetch(
+            """
+            WITH inserted AS (
+            INSERT INTO transfer_status_history
+                   (transfer_id, from_status, to_status, reason, tx_hash, block_number, created_at)
+            SELECT transfer_id, from_status, to_status, reason, tx_hash, block_number, clock_timestamp()
+              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
+                   AS c(transfer_id, from_status, to_status, reason, tx_hash, block_number)
+            RETURNING id, transfer_id, to_status
+            )
+            SELECT max(max(i.id)) OVER () AS highest, coalesce(r.route_id, 'unrouted') AS route,
+                   i.to_status AS status, count(*) AS moved,
+                   sum(t.amount::float8 / 10::float8 ^ k.decimals) AS tokens
+              FROM inserted AS i
+              JOIN transfers AS t ON t.id = i.transfer_id
+              LEFT JOIN routes AS r ON r.route_id = t.route_id
+              LEFT JOIN tokens AS k ON k.chain_id = t.source_chain_id AND k.symbol = t.token
+             GROUP BY 2, 3
+            """,
+            [c.transfer_id for c in changes],
+            [c.from_status.value if c.from_status else None for c in changes],
+            [c.to_status.value for c in changes],
+            [c.reason for c in changes],
+            [c.tx_hash for c in changes],
+            [c.block_number for c in changes],
         )
-        SELECT max(max(i.id)) OVER () AS highest, coalesce(r.route_id, 'unrouted') AS route,
-               i.to_status AS status, count(*) AS moved,
-               sum(t.amount::float8 / 10::float8 ^ k.decimals) AS tokens
-          FROM inserted AS i
-          JOIN transfers AS t ON t.id = i.transfer_id
-          LEFT JOIN routes AS r ON r.route_id = t.route_id
-          LEFT JOIN tokens AS k ON k.chain_id = t.source_chain_id AND k.symbol = t.token
-         GROUP BY 2, 3
-        """,
-        [c.transfer_id for c in changes],
-        [c.from_status.value if c.from_status else None for c in changes],
-        [c.to_status.value for c in changes],
-        [c.reason for c in changes],
-        [c.tx_hash for c in changes],
-        [c.block_number for c in changes],
-    )
     for row in volumes:
         metrics.TRANSFER_TRANSITIONS.labels(route=row["route"], status=row["status"]).inc(row["moved"])
         if row["tokens"] is not None:
@@ -153,3 +167,51 @@ async def record_history(conn: asyncpg.Connection, changes: Sequence[Change]) ->
     highest: int = volumes[0]["highest"]
     await conn.execute("SELECT pg_notify($1, $2)", CHANGES_CHANNEL, str(highest))
     return highest
+
+
+async def _copy_history(conn: asyncpg.Connection, changes: Sequence[Change]) -> list[asyncpg.Record]:
+    """Many changes (a backfill's range): COPY the rows, then count them and their volume by id range.
+
+    Cheaper than one ``INSERT ... FROM unnest(...)`` for thousands of rows: no array
+    per column to encode, and PostgreSQL inserts COPY rows in batches. The rows share
+    one ``created_at``: the clock read right after the history lock is taken (so
+    timestamps still rise with ids across transactions). Under the lock no other
+    writer draws ids, so this transaction's rows are the ``len(changes)`` ids up to the
+    sequence's ``currval``.
+    """
+    stamp = await conn.fetchval(
+        "SELECT clock_timestamp() FROM (SELECT pg_advisory_xact_lock($1)) AS locked", HISTORY_LOCK_KEY
+    )
+    await conn.copy_records_to_table(
+        "transfer_status_history",
+        records=[
+            (
+                c.transfer_id,
+                c.from_status.value if c.from_status else None,
+                c.to_status.value,
+                c.reason,
+                c.tx_hash,
+                c.block_number,
+                stamp,
+            )
+            for c in changes
+        ],
+        columns=_HISTORY_COLUMNS,
+    )
+    volumes: list[asyncpg.Record] = await conn.fetch(
+        """
+        WITH written AS (
+            SELECT currval(pg_get_serial_sequence('transfer_status_history', 'id')) AS highest
+        )
+        SELECT w.highest, coalesce(r.route_id, 'unrouted') AS route, h.to_status AS status,
+               count(*) AS moved, sum(t.amount::float8 / 10::float8 ^ k.decimals) AS tokens
+          FROM written AS w
+          JOIN transfer_status_history AS h ON h.id > w.highest - $1 AND h.id <= w.highest
+          JOIN transfers AS t ON t.id = h.transfer_id
+          LEFT JOIN routes AS r ON r.route_id = t.route_id
+          LEFT JOIN tokens AS k ON k.chain_id = t.source_chain_id AND k.symbol = t.token
+         GROUP BY 1, 2, 3
+        """,
+        len(changes),
+    )
+    return volumes

@@ -57,14 +57,14 @@ BACKFILL_CONCURRENCY = 4
 #: Logs per eth_getLogs answer the range sizing aims at.
 TARGET_LOGS = 5_000
 #: Logs fetched or awaiting their commit at once, at most (about; it bounds the memory).
-LOGS_IN_FLIGHT = 20_000
+LOGS_IN_FLIGHT = 10_000
 #: Range transactions open at once: the next range's writes overlap the previous one's commit.
 COMMITS_IN_FLIGHT = 2
 #: Seconds a range's transaction waits for the range before it to commit (``store.advance_cursor``).
 CURSOR_WAIT = 60.0
 PROGRESS_EVERY = 5.0
 #: Blocks in the first backfill range (then doubled while answers stay small).
-FIRST_RANGE = 16
+FIRST_RANGE = 4
 _RANGE_LIMIT_WORDS = ("too many", "more than", "range", "limit", "exceed", "too large", "response size")
 
 
@@ -118,17 +118,23 @@ async def backfill(follower: Follower, *, progress: bool = False) -> int:
         metrics.BACKFILL_PROGRESS.labels(chain=follower.chain.name).set(1)  # NOTE: nothing to do: done
         return 0  # NOTE: no final block above the cursor: nothing for the backfill
     meter = Progress(follower.chain.name, cursor.block, head, progress)
-    locks = await _deep(follower, rpc, cursor, target, head, meter) if cursor.block < target else 0
-    locks += await _final_near_head(follower, meter, locks)
+    sizer = RangeSizer(follower.chain.log_range)
+    locks = await _deep(follower, rpc, sizer, cursor, target, head, meter) if cursor.block < target else 0
+    locks += await _final_near_head(follower, sizer, meter, locks)
     meter.done(locks)
     return locks
 
 
 async def _deep(
-    follower: Follower, rpc: RpcClient, cursor: Cursor, target: int, head: int, meter: Progress
+    follower: Follower,
+    rpc: RpcClient,
+    sizer: RangeSizer,
+    cursor: Cursor,
+    target: int,
+    head: int,
+    meter: Progress,
 ) -> int:
     """Blocks up to ``target``: concurrent fetches, and two commits overlapping (``Commits``)."""
-    sizer = RangeSizer(follower.chain.log_range)
     fetching: deque[asyncio.Task[ChainRange]] = deque()
     commits = Commits(follower, cursor, meter)
     next_first = cursor.block + 1
@@ -214,7 +220,7 @@ class Commits:
             log.debug("backfill: a commit in flight ended with %r", errors[0])
 
 
-async def _final_near_head(follower: Follower, meter: Progress, locks: int) -> int:
+async def _final_near_head(follower: Follower, sizer: RangeSizer, meter: Progress, locks: int) -> int:
     """The dense window's ranges that hold final locks, read like a step, their final locks CONFIRMED.
 
     A regular step would insert them PENDING and move each one to CONFIRMED in the same
@@ -222,12 +228,22 @@ async def _final_near_head(follower: Follower, meter: Progress, locks: int) -> i
     reads it (dense headers, the re-read of its last header) and committed the same way,
     but its locks at or below the finality line go in CONFIRMED at once, with their one
     history row, like the deep ranges'. Stops at the head, at a reorg (left to the steps),
-    or when the next range holds no final block.
+    or when the next range holds no final block. Ranges are as long as ``sizer`` says
+    (the deep ranges' size, by the logs they held), so a dense window is read in pieces.
     """
     new = 0
     while True:
         cursor = await follower.load_cursor()
-        chain_range = await follower.reader.read_range(cursor.block)
+        try:
+            chain_range = await follower.reader.read_range(cursor.block, blocks=sizer.size)
+        except RpcError as exc:
+            if not is_range_limit(exc) or sizer.size == 1:
+                raise
+            sizer.shrink(sizer.size)
+            continue
+        if not chain_range.empty:
+            blocks = chain_range.last - chain_range.first + 1
+            sizer.observe(blocks, len(chain_range.locks) + len(chain_range.releases))
         final = chain_range.head - follower.chain.confirmations + 1
         if chain_range.finalized is not None:
             final = chain_range.finalized

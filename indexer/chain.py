@@ -80,8 +80,13 @@ class ChainReader:
         #: Ranges read by hinted hashes (one round trip), for tests and debugging.
         self.hinted_reads = 0
 
-    async def read_range(self, cursor: int, hints: Mapping[int, BlockHeader] | None = None) -> ChainRange:
+    async def read_range(
+        self, cursor: int, hints: Mapping[int, BlockHeader] | None = None, *, blocks: int | None = None
+    ) -> ChainRange:
         """The next range after ``cursor`` (at most ``log_range`` blocks), or an empty one at the head.
+
+        ``blocks`` bounds the range further (the backfill's near-head ranges, sized by the
+        logs they hold so that memory does not grow with the chain's density).
 
         An empty range carries the header of the cursor's block, so the caller can see a
         reorg that replaced the indexed tip even while no new block arrives.
@@ -96,7 +101,8 @@ class ChainReader:
                 return hinted
         head = await rpc.block_number()
         finalized = await self._finalized(rpc)
-        first, last = cursor + 1, min(head, cursor + self.chain.log_range)
+        span = self.chain.log_range if blocks is None else max(1, min(blocks, self.chain.log_range))
+        first, last = cursor + 1, min(head, cursor + span)
         if last < first:
             tip = await self._headers(rpc, [cursor]) if 0 <= cursor <= head else {}
             return ChainRange(head, first, cursor, headers=tip, finalized=finalized)

@@ -3,6 +3,10 @@
 - ``store.insert_locks`` COPYs a range of many locks straight into ``transfers``;
   a replay of the same range (or any lock whose key is taken) falls back to the
   careful ``INSERT ... ON CONFLICT`` and changes nothing.
+  the COPYed rows equal, column for column, what the careful path writes (an
+  unrouted lock included);
+- ``ferry.transitions`` COPYs the history of many changes: ids contiguous and in
+  commit order, one NOTIFY naming the highest, every change and its volume counted;
 - ``store.advance_cursor`` with ``CURSOR_WAIT`` set waits for the range before to
   commit the cursor it builds on, and refuses a cursor that never comes or that
   ends on another block hash.
@@ -17,6 +21,8 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from ferry import metrics, transitions
+from ferry.domain import CHANGES_CHANNEL, TransferStatus
 from ferry.settings import BridgeDeployment, ChainConfig, ChainsConfig, RouteConfig
 from indexer import store
 from indexer.chain import BlockHeader, ChainRange
@@ -90,7 +96,7 @@ async def test_many_locks_are_copied_final_ones_confirmed_and_a_replay_changes_n
     assert len(new) == len(chain_range.locks) >= store.COPY_LOCKS_FROM
     assert reappeared == []
     assert {d.status for d in new if d.block_number == 12} == {"PENDING"}
-    assert {d.status for d in new if d.block_number <= 11} == {"CONFIRMED"}
+    assert {d.status for d in new if (d.block_number or 0) <= 11} == {"CONFIRMED"}
     rows = await pool.fetch(
         "SELECT id, route_id, target_bridge, nonce, amount, lock_block_time FROM transfers"
     )
@@ -107,6 +113,98 @@ async def test_many_locks_are_copied_final_ones_confirmed_and_a_replay_changes_n
     assert row["lock_block_time"] == chain_range.headers[lock.block_number].timestamp
     assert again == ([], [])
     assert await pool.fetchval("SELECT count(*) FROM transfers") == len(chain_range.locks)
+
+
+_ROW_COLUMNS = (
+    "id, route_id, token, source_chain_id, source_bridge, nonce, target_chain_id, target_bridge, sender,"
+    " recipient, amount, status, confirmations_required, lock_tx_hash, lock_log_index, lock_block_number,"
+    " lock_block_hash, lock_block_time, release_tx_hash, attempts, last_error"
+)
+
+
+async def test_copied_rows_equal_the_careful_paths_rows(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config()
+    chain = config.chain_by_id[SOURCE]
+    routed = _range(10, 12, head=13, locks_per_block=LOCKS // 3)
+    unrouted = LockEvent(SOURCE, BRIDGE, _hash(20_000), 0, 12, _hash(12), USER, 7, 99_999, USER, 424_242)
+    chain_range = ChainRange(13, 10, 12, (*routed.locks, unrouted), (), routed.headers)
+    async with pool.acquire() as conn, conn.transaction():
+        copied, _ = await store.insert_locks(conn, chain, config, chain_range, final_through=11)
+    copied_rows = await pool.fetch(f"SELECT {_ROW_COLUMNS} FROM transfers ORDER BY id")  # noqa: S608
+    await pool.execute("DELETE FROM transfers")
+    monkeypatch.setattr(store, "COPY_LOCKS_FROM", 10**9)  # NOTE: the careful INSERT ... ON CONFLICT path
+    async with pool.acquire() as conn, conn.transaction():
+        inserted, _ = await store.insert_locks(conn, chain, config, chain_range, final_through=11)
+    inserted_rows = await pool.fetch(f"SELECT {_ROW_COLUMNS} FROM transfers ORDER BY id")  # noqa: S608
+
+    assert len(copied_rows) == len(chain_range.locks)
+    assert [dict(r) for r in copied_rows] == [dict(r) for r in inserted_rows]
+    assert sorted(copied) == sorted(inserted)
+    by_id = {row["id"]: row for row in copied_rows}
+    assert by_id[unrouted.transfer_id]["target_bridge"] is None
+    assert by_id[unrouted.transfer_id]["route_id"] == f"FTT:{SOURCE}-424242"
+
+
+async def test_many_changes_are_copied_into_history_in_order_with_one_notify(
+    pool: asyncpg.Pool, clean_db: str
+) -> None:
+    config = _config()
+    chain_range = _range(10, 12, head=13, locks_per_block=transitions.COPY_HISTORY_FROM // 2)
+    route = f"FTT:{SOURCE}-{TARGET}"
+    moved, volume = _counted(route, "CONFIRMED")
+    heard: list[str] = []
+    listener = await asyncpg.connect(clean_db)
+    try:
+        await listener.add_listener(CHANGES_CHANNEL, lambda *args: heard.append(args[3]))
+        new, changes = await _history_after_one_row(pool, config, chain_range, route)
+        await asyncio.sleep(0.2)
+    finally:
+        await listener.close()
+
+    rows = await pool.fetch(
+        "SELECT id, transfer_id, to_status, created_at FROM transfer_status_history ORDER BY id"
+    )
+    ours = rows[1:]
+    assert len(changes) == len(ours) == len(chain_range.locks) >= transitions.COPY_HISTORY_FROM
+    assert [r["id"] for r in ours] == list(range(ours[0]["id"], ours[0]["id"] + len(ours)))
+    assert [r["transfer_id"] for r in ours] == [d.transfer_id for d in new]
+    assert {r["to_status"] for r in ours} == {"CONFIRMED"}
+    assert ours[0]["created_at"] >= rows[0]["created_at"]
+    assert heard == [str(rows[0]["id"]), str(ours[-1]["id"])]
+    after_moved, after_volume = _counted(route, "CONFIRMED")
+    assert after_moved - moved == len(ours)
+    assert after_volume - volume == pytest.approx(sum(lock.amount for lock in chain_range.locks) / 10**18)
+
+
+async def _history_after_one_row(
+    pool: asyncpg.Pool, config: ChainsConfig, chain_range: ChainRange, route: str
+) -> tuple[list[store.Due], list[transitions.Change]]:
+    """One small transaction's history row (the regular INSERT), then the range's locks and their history."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO transfers (id, route_id, token, source_chain_id, source_bridge, nonce,"
+            " target_chain_id, sender, recipient, amount, status, confirmations_required, lock_tx_hash,"
+            " lock_log_index, lock_block_number, lock_block_hash, lock_block_time)"
+            " VALUES ('x', $1, 'FTT', $2, $3, 0, $4, $5, $5, 5, 'PENDING', 2, $6, 0, 1, $6, now())",
+            route, SOURCE, BRIDGE, TARGET, USER, _hash(1),
+        )  # fmt: skip
+        await transitions.record_new(conn, [("x", TransferStatus.PENDING)])
+    async with pool.acquire() as conn, conn.transaction():
+        new, _ = await store.insert_locks(
+            conn, config.chain_by_id[SOURCE], config, chain_range, final_through=13
+        )
+        changes = await transitions.record_new(conn, [(d.transfer_id, TransferStatus.CONFIRMED) for d in new])
+    return new, changes
+
+
+def _counted(route: str, status: str) -> tuple[float, float]:
+    labels = {"route": route, "status": status}
+    return (
+        metrics.TRANSFER_TRANSITIONS.labels(**labels)._value.get(),
+        metrics.TRANSFER_VOLUME.labels(**labels)._value.get(),
+    )
 
 
 async def _insert_again(

@@ -52,7 +52,7 @@ from ferry.db import DatabaseUnavailable
 from ferry.domain import TransferStatus
 from ferry.rpc import RpcError, RpcGarbage, RpcUnavailable
 from ferry.settings import ChainConfig, ChainsConfig
-from ferry.transitions import Change, move_transfers
+from ferry.transitions import Change
 from indexer import lifecycle, pruning, store
 from indexer.backfill import backfill
 from indexer.chain import BlockHeader, ChainMoved, ChainRange, ChainReader, breaks_continuity
@@ -61,6 +61,7 @@ from indexer.endpoints import Endpoints
 from indexer.heads import Heads
 from indexer.reorgs import EndpointLagging, ReorgBeyondHistory, find_reorg
 from indexer.rollback import CursorMoved, Rollback, roll_back
+from relayer.moves import move_together
 
 log = logging.getLogger(__name__)
 
@@ -310,13 +311,18 @@ class Follower:
             new_releases = await store.insert_releases(conn, chain.id, chain_range.releases)
             confirmed = await lifecycle.due_confirmations(conn, chain.id, head, chain_range.finalized)
             to_link = [r.transfer_id for r in chain_range.releases] + [d.transfer_id for d in new + confirmed]
-            released = await lifecycle.link_releases(conn, to_link)
-            finalized = await lifecycle.due_finalizations(
-                conn, chain.id, head, chain.confirmations, [d.transfer_id for d in released]
-            )
+            # NOTE: the release columns (link_releases) lock rows the relayer settles too, so they are
+            # written last, just before the moves: nothing slow runs while those rows are locked.
+            # due_finalizations reads releases_seen only; given every transfer that may be linked
+            # now, it finds what it would find after linking (any other is not a legal move).
+            finalized = await lifecycle.due_finalizations(conn, chain.id, head, chain.confirmations, to_link)
             if not await store.advance_cursor(conn, chain.id, expected, chain_range):
                 raise CursorMoved(f"the cursor of chain {chain.name} moved past block {expected}")
-            changes = await move_transfers(
+            released = await lifecycle.link_releases(conn, to_link)
+            # NOTE: set-based (one UPDATE per state, rows in id order), not one round trip per
+            # transfer: the range's rows stay locked briefly, so the relayer settling the same
+            # transfers does not wait on them (docs/relayer.md, "The wait (round 3)")
+            changes = await move_together(
                 conn,
                 lifecycle.reappeared(reappeared) + lifecycle.moves(confirmed, released, finalized),
                 created=[(d.transfer_id, TransferStatus(d.status or "PENDING")) for d in new],

@@ -51,6 +51,10 @@ _HISTORY_COLUMNS = (
 )
 
 
+#: States whose move keeps the mover's reason as the transfer's ``last_error``.
+_KEEPS_REASON = (TransferStatus.FAILED, TransferStatus.HELD)
+
+
 @dataclass(frozen=True)
 class Move:
     """Ask to move one transfer to ``to_status`` (from any allowed state, or ``only_from``)."""
@@ -83,40 +87,66 @@ async def move_transfers(
     """Apply the legal moves among ``moves``; record history and NOTIFY once. Returns the changes.
 
     ``created`` names transfers the caller inserted in this transaction (their first
-    state), so one call records everything and sends the transaction's one NOTIFY.
-    Must run inside a transaction; call it last, then commit promptly.
+    state, recorded first), so one call records everything and sends the transaction's
+    one NOTIFY. Must run inside a transaction; call it last, then commit promptly.
+
+    Set-based: moves are taken in sequence order, so a transfer may move more than
+    once (PENDING -> CONFIRMED -> RELEASED in one indexer range): its n-th move goes in
+    the n-th wave, and each wave is one UPDATE per (target state, ``only_from``), rows
+    locked in id order (two writers moving overlapping sets cannot deadlock). One
+    statement per state instead of one round trip per transfer keeps the rows locked
+    for milliseconds: the relayer settling transfers an indexer range also moves used
+    to wait 1-3 s on them (docs/relayer.md).
     """
-    changes: list[Change] = [Change(transfer_id, None, status) for transfer_id, status in created]
-    for move in moves:
-        allowed = ALLOWED_FROM[move.to_status]
-        if move.only_from is not None:
-            allowed = allowed & move.only_from
-        row = await conn.fetchrow(
-            """
-            UPDATE transfers AS t
-               SET status = $2, updated_at = now(), last_error = COALESCE($4, t.last_error)
-              FROM (SELECT id, status FROM transfers WHERE id = $1 FOR UPDATE) AS old
-             WHERE t.id = old.id AND old.status = ANY($3::text[])
-         RETURNING old.status AS from_status
-            """,
-            move.transfer_id,
-            move.to_status.value,
-            [s.value for s in allowed],
-            move.reason if move.to_status in (TransferStatus.FAILED, TransferStatus.HELD) else None,
-        )
-        if row is not None:
-            changes.append(
-                Change(
-                    move.transfer_id,
-                    TransferStatus(row["from_status"]),
-                    move.to_status,
-                    move.reason,
-                    move.tx_hash,
-                    move.block_number,
-                )
-            )
+    changes = [Change(transfer_id, None, status) for transfer_id, status in created]
+    for wave in _waves(moves):
+        changes += await _move_wave(conn, wave)
     await record_history(conn, changes)
     return changes
+
+
+def _waves(moves: Sequence[Move]) -> list[list[Move]]:
+    """Split ``moves`` so that no transfer appears twice in a wave; a transfer's moves keep their order."""
+    waves: list[list[Move]] = []
+    seen: dict[str, int] = {}
+    for move in moves:
+        index = seen.get(move.transfer_id, -1) + 1
+        seen[move.transfer_id] = index
+        if index == len(waves):
+            waves.append([])
+        waves[index].append(move)
+    return waves
+
+
+async def _move_wave(conn: asyncpg.Connection, moves: Sequence[Move]) -> list[Change]:
+    """Moves of distinct transfers: one UPDATE per (target state, ``only_from``); changes in move order."""
+    groups: dict[tuple[TransferStatus, frozenset[TransferStatus] | None], list[Move]] = {}
+    for move in moves:
+        groups.setdefault((move.to_status, move.only_from), []).append(move)
+    moved: dict[str, TransferStatus] = {}
+    for (to_status, only_from), group in groups.items():
+        allowed = ALLOWED_FROM[to_status] if only_from is None else ALLOWED_FROM[to_status] & only_from
+        rows = await conn.fetch(
+            """
+            UPDATE transfers AS t
+               SET status = $2, updated_at = now(), last_error = COALESCE(r.reason, t.last_error)
+              FROM (SELECT id, status FROM transfers WHERE id = ANY($1::text[])
+                     ORDER BY id FOR UPDATE) AS old,
+                   unnest($1::text[], $4::text[]) AS r(id, reason)
+             WHERE t.id = old.id AND r.id = old.id AND old.status = ANY($3::text[])
+         RETURNING t.id, old.status AS from_status
+            """,
+            [m.transfer_id for m in group],
+            to_status.value,
+            [s.value for s in allowed],
+            [m.reason if to_status in _KEEPS_REASON else None for m in group],
+        )
+        moved.update({row["id"]: TransferStatus(row["from_status"]) for row in rows})
+    return [
+        Change(m.transfer_id, moved[m.transfer_id], m.to_status, m.reason, m.tx_hash, m.block_number)
+        for m in moves
+        if m.transfer_id in moved
+    ]
 
 
 async def record_new(conn: asyncpg.Connection, created: Iterable[tuple[str, TransferStatus]]) -> list[Change]:

@@ -52,7 +52,7 @@ from ferry.db import DatabaseUnavailable
 from ferry.domain import TransferStatus
 from ferry.rpc import RpcError, RpcGarbage, RpcUnavailable
 from ferry.settings import ChainConfig, ChainsConfig
-from ferry.transitions import Change
+from ferry.transitions import Change, move_transfers
 from indexer import lifecycle, pruning, store
 from indexer.backfill import backfill
 from indexer.chain import BlockHeader, ChainMoved, ChainRange, ChainReader, breaks_continuity
@@ -61,9 +61,11 @@ from indexer.endpoints import Endpoints
 from indexer.heads import Heads
 from indexer.reorgs import EndpointLagging, ReorgBeyondHistory, find_reorg
 from indexer.rollback import CursorMoved, Rollback, roll_back
-from relayer.moves import move_together
 
 log = logging.getLogger(__name__)
+
+#: Advisory lock key that orders the followers' linking of locks and releases (``Follower.commit``).
+LINK_LOCK_KEY = 0x0F3E_11CC
 
 #: Changes per transaction logged one by one; above this, one summary line.
 ANNOUNCE_EACH = 100
@@ -318,11 +320,17 @@ class Follower:
             finalized = await lifecycle.due_finalizations(conn, chain.id, head, chain.confirmations, to_link)
             if not await store.advance_cursor(conn, chain.id, expected, chain_range):
                 raise CursorMoved(f"the cursor of chain {chain.name} moved past block {expected}")
+            if new or chain_range.releases:
+                # NOTE: a lock and its release live on two chains, committed by two followers at
+                # once: each transaction would miss the other's uncommitted rows, and a lock
+                # inserted CONFIRMED (backfill) is never looked at again. Under this lock (held to
+                # COMMIT) the second to link sees the first's rows (read committed).
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", LINK_LOCK_KEY)
             released = await lifecycle.link_releases(conn, to_link)
             # NOTE: set-based (one UPDATE per state, rows in id order), not one round trip per
             # transfer: the range's rows stay locked briefly, so the relayer settling the same
             # transfers does not wait on them (docs/relayer.md, "The wait (round 3)")
-            changes = await move_together(
+            changes = await move_transfers(
                 conn,
                 lifecycle.reappeared(reappeared) + lifecycle.moves(confirmed, released, finalized),
                 created=[(d.transfer_id, TransferStatus(d.status or "PENDING")) for d in new],

@@ -1,7 +1,7 @@
 """The submitter's reads and writes: ready transfers, release transactions by nonce, settlement.
 
 Every write that changes a transfer's status goes through ``ferry.transitions``
-(in bulk, ``relayer.moves``) as the last statement of its transaction (one NOTIFY at COMMIT). The invariants
+(set-based) as the last statement of its transaction (one NOTIFY at COMMIT). The invariants
 the submitter relies on are enforced here, in the database:
 
 - ``relay_txs`` has one row per (chain, account, nonce): a nonce is never used
@@ -26,9 +26,8 @@ from typing import Any
 import asyncpg
 
 from ferry.domain import ALLOWED_FROM, TransferStatus
-from ferry.transitions import Change, Move
+from ferry.transitions import Change, Move, move_transfers
 from relayer.fees import Fees
-from relayer.moves import move_together
 
 S = TransferStatus
 OPEN = ("SENT", "MINED")
@@ -218,7 +217,7 @@ async def persist_txs(
             for tx in stored
             for tid in tx.transfer_ids
         ]
-        await move_together(conn, moves)
+        await move_transfers(conn, moves)
     return stored
 
 
@@ -328,7 +327,7 @@ async def _record_released(conn: asyncpg.Connection, released: Sequence[Released
     moves = [
         Move(r.transfer_id, S.RELEASED, tx_hash=r.tx_hash, block_number=r.block_number) for r in released
     ]
-    return await move_together(conn, moves)
+    return await move_transfers(conn, moves)
 
 
 async def _set_release(conn: asyncpg.Connection, released: Sequence[Released]) -> None:
@@ -416,7 +415,7 @@ async def record_settled(pool: asyncpg.Pool, settlements: Sequence[Settlement]) 
         moves += [
             Move(tid, S.CONFIRMED, reason=error, only_from=frozenset({S.SUBMITTED})) for tid, error in back
         ]
-        return await move_together(conn, moves)
+        return await move_transfers(conn, moves)
 
 
 async def record_finals(pool: asyncpg.Pool, txs: Sequence[TxRow]) -> list[Change]:
@@ -433,7 +432,7 @@ async def record_finals(pool: asyncpg.Pool, txs: Sequence[TxRow]) -> list[Change
             for tx in txs
             for tid in tx.transfer_ids
         ]
-        return await move_together(conn, moves)
+        return await move_transfers(conn, moves)
 
 
 async def record_reverted(pool: asyncpg.Pool, tx: TxRow, inclusion: Inclusion, error: str) -> list[Change]:
@@ -492,7 +491,7 @@ async def _back_to_confirmed(
             "UPDATE transfers SET last_error = $2 WHERE id = ANY($1::text[])", list(transfer_ids), error
         )
     moves = [Move(tid, S.CONFIRMED, reason=error, only_from=frozenset({only_from})) for tid in transfer_ids]
-    return await move_together(conn, moves)
+    return await move_transfers(conn, moves)
 
 
 async def record_not_released(pool: asyncpg.Pool, transfer_ids: Sequence[str], error: str) -> list[Change]:
@@ -509,7 +508,7 @@ async def record_final(pool: asyncpg.Pool, tx: TxRow) -> list[Change]:
             Move(tid, S.FINALIZED, block_number=tx.block_number, only_from=frozenset({S.RELEASED}))
             for tid in tx.transfer_ids
         ]
-        return await move_together(conn, moves)
+        return await move_transfers(conn, moves)
 
 
 async def count_try(pool: asyncpg.Pool, transfer_id: str, error: str) -> None:
@@ -542,7 +541,7 @@ async def stop_transfers(
     """HELD or FAILED with ``reason`` (only from CONFIRMED: the submitter holds nothing in flight)."""
     async with pool.acquire() as conn, conn.transaction():
         moves = [Move(tid, status, reason=reason, only_from=frozenset({S.CONFIRMED})) for tid in transfer_ids]
-        return await move_together(conn, moves)
+        return await move_transfers(conn, moves)
 
 
 async def mark_vetted(pool: asyncpg.Pool, transfer_id: str) -> None:

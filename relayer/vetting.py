@@ -29,9 +29,8 @@ import asyncpg
 
 from ferry.domain import TransferStatus
 from ferry.metrics import LIMIT_HOLDS
-from ferry.transitions import Move
+from ferry.transitions import Move, move_transfers
 from relayer.limits import LimitBook, LimitSubject
-from relayer.moves import move_together
 from relayer.plan import plan_release
 from relayer.store import TransferRow, route_paused
 from relayer.submitter import READY_CHANNEL
@@ -181,4 +180,4 @@ async def _write(
             Move(tid, TransferStatus.HELD, reason=reason, only_from=frozenset({TransferStatus.CONFIRMED}))
             for tid, (_, reason) in holds.items()
         ]
-        return await move_together(conn, moves) if moves else []
+        return await move_transfers(conn, moves) if moves else []

@@ -1,4 +1,4 @@
-"""``relayer.moves.move_together``: set-based moves keep ``ferry.transitions.move_transfers``' sequence rules.
+"""``ferry.transitions.move_transfers`` is set-based yet keeps the sequence rules of one move at a time.
 
 The indexer's range transaction moves a transfer more than once in one call (a lock
 inserted PENDING, CONFIRMED and RELEASED in the same range) and mixes them with
@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncpg
 
 from ferry.domain import TransferStatus as S
-from ferry.transitions import Move
-from relayer.moves import move_together
+from ferry.transitions import Move, move_transfers
 
 
 async def _insert(conn: asyncpg.Connection, transfer_id: str, nonce: int, status: S) -> None:
@@ -35,7 +34,7 @@ async def test_chained_moves_of_one_transfer_apply_in_order_with_history_in_orde
             await _insert(conn, "new", 1, S.PENDING)
             await _insert(conn, "held", 2, S.HELD)
             await _insert(conn, "pending", 3, S.PENDING)
-            changes = await move_together(
+            changes = await move_transfers(
                 conn,
                 [
                     Move("new", S.CONFIRMED, only_from=frozenset({S.PENDING})),

@@ -7,7 +7,7 @@ Writers (one per table or column group, ARCHITECTURE.md):
 
 - ``chains``, ``tokens``, ``blocks``, ``releases_seen`` and the source-side columns of
   ``transfers``: the indexer.
-- ``release_attempts`` and the relay-side columns of ``transfers``: the relayer.
+- the relay-side columns of ``transfers``: the relayer (its own tables: ``ferry.tables_relayer``).
 - ``transfer_status_history``: whoever moves a transfer, always through
   ``ferry.transitions`` (which also sends the one NOTIFY per transaction).
 - ``routes.paused``: operators (gateway admin mutations) and the indexer's
@@ -155,37 +155,6 @@ class ReleaseSeen(SQLModel, table=True):
     recipient: str
     amount: Decimal = Field(sa_column=sa.Column(UINT256, nullable=False))
     transfer_id: str | None = Field(default=None, index=True)
-
-
-class ReleaseAttempt(SQLModel, table=True):
-    """One signed release transaction the relayer prepared (and usually broadcast).
-
-    The raw transaction is kept so a broadcast lost to a crash can be re-sent
-    unchanged: the account nonce stays gap-free.
-    """
-
-    __tablename__ = "release_attempts"
-    __table_args__ = (
-        sa.Index("release_attempts_account_idx", "chain_id", "account", "account_nonce"),
-        sa.CheckConstraint(
-            "status IN ('SENT','MINED','REVERTED','DROPPED')", name="release_attempts_status_known"
-        ),
-    )
-
-    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
-    transfer_id: str = Field(foreign_key="transfers.id", index=True)
-    chain_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
-    account: str
-    account_nonce: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
-    tx_hash: str = Field(unique=True)
-    raw_tx: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
-    max_fee_per_gas: Decimal = Field(sa_column=sa.Column(UINT256, nullable=False))
-    max_priority_fee_per_gas: Decimal = Field(sa_column=sa.Column(UINT256, nullable=False))
-    status: str
-    error: str | None = None
-    block_number: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
-    created_at: datetime = Field(sa_column=_ts(default=True))
-    updated_at: datetime = Field(sa_column=_ts(default=True))
 
 
 metadata = SQLModel.metadata

@@ -47,7 +47,7 @@ _COLUMNS = """
     t.id, t.route_id, t.token, t.source_chain_id, t.source_bridge, t.nonce, t.target_chain_id,
     t.target_bridge, t.sender, t.recipient, t.amount, t.status, t.lock_block_time, t.attempts,
     (t.attempts = 0 AND n.limits_waived_at IS NULL
-     AND NOT EXISTS (SELECT 1 FROM release_attempts AS a WHERE a.transfer_id = t.id)) AS check_limits
+     AND NOT EXISTS (SELECT 1 FROM relay_tx_orders AS o WHERE o.transfer_id = t.id)) AS check_limits
 """
 
 

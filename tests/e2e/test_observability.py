@@ -306,7 +306,7 @@ def test_analytics_views_tell_the_story_of_the_run(observed: Observed) -> None:
     "statement",
     [
         "SELECT * FROM public.transfers",
-        "SELECT raw_tx FROM public.release_attempts",
+        "SELECT raw_tx FROM public.relay_txs",
         "SELECT * FROM public.operator_requests",
         "SELECT * FROM public.tokens",
         "SELECT * FROM public.transfer_status_history",

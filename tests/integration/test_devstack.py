@@ -13,7 +13,7 @@ def test_database_is_migrated(database_url: str) -> None:
         version = conn.execute("SELECT version_num FROM alembic_version").fetchone()
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
     assert version is not None
-    assert {"transfers", "transfer_status_history", "release_attempts", "chains", "blocks"} <= tables
+    assert {"transfers", "transfer_status_history", "relay_txs", "chains", "blocks"} <= tables
 
 
 def test_dev_chains_are_deployed_and_funded(dev_chains: DevNetwork) -> None:

@@ -7,6 +7,7 @@
 - ``redis_url``: a Redis database; tests use their own queue name (``queue_name``).
 - ``dev_chains``: two anvil chains with token, bridge and routes (ferry.devstack).
 - ``clean_db``: truncates every table before a test that wants a blank slate.
+- ``pool``: an asyncpg pool (``ferry.db.create_pool``) on that blank slate.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import psycopg
 import pytest
 
+from ferry.db import create_pool
 from ferry.devstack import DevNetwork, start_dev_network
 from ferry.services import Embedded, ensure_postgres, ensure_redis
 from tests.support.databases import migrated_database
@@ -73,6 +76,14 @@ def clean_db(database_url: str) -> str:
         ).fetchall()
         conn.execute(f"TRUNCATE {', '.join(r[0] for r in rows)} RESTART IDENTITY CASCADE")
     return database_url
+
+
+@pytest.fixture
+async def pool(clean_db: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the blank slate of ``clean_db`` (a module may define its own ``pool``)."""
+    pool = await create_pool(clean_db)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture(scope="session")

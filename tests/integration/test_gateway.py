@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,9 +20,9 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 import websockets
 
+from ferry.devchain import free_port
 from ferry.domain import TransferStatus, transfer_id
 from ferry.settings import Settings
 from ferry.transitions import Move, move_transfers, record_new
@@ -32,6 +31,7 @@ from gateway.changes import follow_transfer
 from gateway.context import Gateway
 from gateway.errors import MASKED_MESSAGE, SubscriberTooSlow
 from gateway.server import run
+from tests.support.servers import on_loopback
 
 S = TransferStatus
 BRIDGE = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -323,31 +323,11 @@ async def test_health_and_ready_answer(clean_db: str, redis_url: str, redis_up: 
 # --- WebSocket subscriptions against a real uvicorn ------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def served(clean_db: str) -> AsyncIterator[str]:
     """A real uvicorn serving the gateway on a loopback port; yields its WebSocket URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings_for(clean_db)), host="127.0.0.1", port=port, log_config=None, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(WAIT):
-        while not server.started:
-            assert not task.done(), "the gateway server stopped while starting"
-            await asyncio.sleep(0.02)
-    try:
-        yield f"ws://127.0.0.1:{port}/graphql"
-    finally:
-        server.should_exit = True
-        await task
+    async with on_loopback(create_app(settings_for(clean_db))) as url:
+        yield url
 
 
 class TransportWs:

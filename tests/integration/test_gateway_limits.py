@@ -22,10 +22,11 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from ferry.devchain import free_port
 from gateway.app import create_app
 from gateway.protection import CORS_HEADERS, CORS_METHODS, Protection, RequestGuard
 from gateway.request_id import RequestId, RequestTimeout
-from tests.integration.test_gateway import WAIT, free_port, messages, settings_for, until
+from tests.integration.test_gateway import WAIT, messages, settings_for, until
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 

@@ -23,9 +23,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from ferry.devchain import free_port
 from gateway.app import create_app
 from gateway.errors import MASKED_MESSAGE
-from tests.integration.test_gateway import free_port, settings_for
+from tests.integration.test_gateway import settings_for
 from tests.integration.test_gateway_queries import CHAINS_YAML
 
 ROOT = Path(__file__).resolve().parents[2]

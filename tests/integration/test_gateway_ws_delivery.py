@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-import uvicorn
 import websockets
 
 from ferry import metrics
@@ -30,6 +29,7 @@ from tests.integration.test_gateway import (
     transfers,
     until,
 )
+from tests.support.servers import on_loopback
 
 __all__ = ["transfers"]  # NOTE: imported fixtures must stay module attributes for pytest
 
@@ -43,39 +43,13 @@ subscription($filter: TransferFilterInput) {
 QUEUE = 8
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @asynccontextmanager
 async def gateway_on_loopback(database_url: str, **settings: Any) -> AsyncIterator[str]:
     """The gateway app under uvicorn with the WebSocket options of ``ferry gateway``; its URL."""
-    port = free_port()
     app = create_app(settings_for(database_url, **settings))
     # NOTE: the WebSocket options of gateway.server._server.
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        lifespan="on",
-        ws="websockets-sansio",
-        ws_per_message_deflate=False,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(WAIT):
-        while not server.started:
-            assert not task.done(), "the gateway server stopped while starting"
-            await asyncio.sleep(0.02)
-    try:
-        yield f"ws://127.0.0.1:{port}/graphql"
-    finally:
-        server.should_exit = True
-        await task
+    async with on_loopback(app, ws="websockets-sansio", ws_per_message_deflate=False) as url:
+        yield url
 
 
 async def open_socket(url: str, protocol: str, *, stingy: bool = False) -> websockets.ClientConnection:

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
-from ferry.db import create_pool
 from ferry.deploy import bridge_contract, lock_tokens, send_transaction
 from ferry.devchain import free_port
 from ferry.devstack import DevChain, DevNetwork
@@ -34,13 +33,6 @@ from tests.support.indexing import eventually
 
 AMOUNT = 25 * 10**18
 T = TypeVar("T")
-
-
-@pytest.fixture
-async def pool(clean_db: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(clean_db)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from ferry.db import create_pool
 from ferry.devstack import DevChain, DevNetwork
 from ferry.rpc import RpcClient
 from indexer import service
@@ -26,13 +25,6 @@ from tests.support.indexing import lock, locks_on_chain
 from tests.support.rpc_proxy import RpcProxy
 
 ONE = 10**18
-
-
-@pytest.fixture
-async def pool(clean_db: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(clean_db)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture

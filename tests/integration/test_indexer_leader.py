@@ -14,17 +14,14 @@ import asyncio
 import itertools
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from ferry.db import create_pool
 from ferry.deploy import lock_tokens
 from ferry.devchain import free_port
 from ferry.devstack import DevChain, DevNetwork, ProcessGroup
@@ -38,13 +35,6 @@ from indexer.supervisor import ChainSupervisor
 
 WAIT = 120.0
 ONE = 10**18
-
-
-@pytest.fixture
-async def pool(clean_db: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(clean_db)
-    yield pool
-    await pool.close()
 
 
 def small_ranges(network: DevNetwork, path: Path) -> Path:

@@ -27,7 +27,6 @@ import pytest
 from prometheus_client import REGISTRY
 
 from ferry.contracts import TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC
-from ferry.db import create_pool
 from ferry.deploy import bridge_contract, lock_tokens, mint, send_transaction, token_contract
 from ferry.devchain import DEV_ACCOUNTS
 from ferry.devstack import DEPLOYER, USER, DevChain, DevNetwork, ProcessGroup, start_dev_network
@@ -54,13 +53,6 @@ def network(tmp_path: Path) -> Iterator[DevNetwork]:
         yield net
     finally:
         net.stop()
-
-
-@pytest.fixture
-async def pool(clean_db: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(clean_db)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ a fixed interval over and over and records how late each wake-up came
 main coroutine with the watcher beside it; ``ferry.cli`` starts every process so:
 
     observability.prepare(name, settings.chains())
-    asyncio.run(observability.with_event_loop_watch(run(settings)))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(observability.with_event_loop_watch(run(settings)))
 
 ``prepare`` creates, at zero, the series a process will count into for every
 configured chain and route. A labelled counter has no series until its first

@@ -66,10 +66,28 @@ def stop_postgres(pgdata: Path) -> None:
 
 
 def restart_postgres(pgdata: Path) -> None:
+    """Stop the embedded server (fast) and start it again with the options it ran with.
+
+    Stop and start are separate steps, each waited for with a generous timeout, and the
+    new postmaster logs to a file, so a start that fails says why (a loaded machine
+    once made ``pg_ctl restart`` fail without a word).
+    """
     import pgserver  # NOTE: the embedded server's own pg_ctl; it runs as "pgserver" under root
 
     options: dict[str, Any] = {"user": "pgserver"} if os.geteuid() == 0 else {}
-    pgserver.pg_ctl(["-m", "fast", "-w", "restart"], pgdata=pgdata, **options)
+    # postmaster.opts: the binary, then each argument quoted; pg_ctl start takes them back in -o
+    arguments = (pgdata / "postmaster.opts").read_text().split(" ", 1)[1].strip()
+    pgserver.pg_ctl(["-m", "fast", "-w", "-t", "120", "stop"], pgdata=pgdata, **options)
+    log = pgdata / "restart.log"
+    for attempt in range(3):
+        try:
+            pgserver.pg_ctl(
+                ["-w", "-t", "120", "-l", str(log), "-o", arguments, "start"], pgdata=pgdata, **options
+            )
+            return
+        except Exception:
+            if attempt == 2:
+                raise AssertionError(f"PostgreSQL did not start again: {log.read_text()[-2000:]}") from None
 
 
 def lock_burst(chain: DevChain, user_key: str, target_chain_id: int, amounts: list[int]) -> None:

@@ -152,7 +152,7 @@ class ChangeFeed:
         self._pool = pool
         self._queue_size = queue_size
         self._subscribers: dict[str, set[Subscriber]] = {}
-        #: Filter subscribers with addresses, under each lowercase address they name.
+        #: Filter subscribers with an address, under that address (checksummed, as stored).
         self._by_address: dict[str, set[Subscriber]] = {}
         #: Filter subscribers without addresses: every change is checked against them.
         self._wide: set[Subscriber] = set()
@@ -329,7 +329,7 @@ class ChangeFeed:
         receivers = list(self._subscribers.get(change.transfer_id, ()))
         if record is not None and (self._by_address or self._wide):
             candidates = set(self._wide)
-            for address in (record.sender.lower(), record.recipient.lower()):
+            for address in (record.sender, record.recipient):
                 candidates.update(self._by_address.get(address, ()))
             receivers.extend(
                 subscriber
@@ -341,11 +341,11 @@ class ChangeFeed:
 
 def matches(wanted: TransferFilter, change: StatusChange, record: TransferRecord) -> bool:
     """True when ``change`` (to ``record``) passes ``wanted``; status is the status moved to."""
-    sender, recipient = record.sender.lower(), record.recipient.lower()
+    sender, recipient = record.sender, record.recipient
     checks = (
-        wanted.addresses is None or sender in wanted.addresses or recipient in wanted.addresses,
-        wanted.senders is None or sender in wanted.senders,
-        wanted.recipients is None or recipient in wanted.recipients,
+        wanted.address is None or wanted.address in (sender, recipient),
+        wanted.sender is None or sender == wanted.sender,
+        wanted.recipient is None or recipient == wanted.recipient,
         wanted.statuses is None or change.to_status in wanted.statuses,
         wanted.source_chain_id is None or record.source_chain_id == wanted.source_chain_id,
         wanted.target_chain_id is None or record.target_chain_id == wanted.target_chain_id,
@@ -360,7 +360,7 @@ def matches(wanted: TransferFilter, change: StatusChange, record: TransferRecord
 
 
 def _address_keys(wanted: TransferFilter) -> tuple[str, ...]:
-    return tuple({a.lower() for a in wanted.addresses}) if wanted.addresses else ()
+    return () if wanted.address is None else (wanted.address,)
 
 
 def _discard(index: dict[str, set[Subscriber]], key: str, subscriber: Subscriber) -> None:

@@ -1,7 +1,7 @@
 """GraphQL input types of list fields and subscriptions, and their checked, normalised form.
 
 ``TransferFilterInput.checked()`` turns what a client sent into a ``TransferFilter``
-(addresses validated and spelled every way they may be stored, amounts exact),
+(addresses validated and checksummed, the one spelling stored; amounts exact),
 raising ``UserError`` naming the field at fault.
 """
 
@@ -14,7 +14,7 @@ import strawberry
 
 from ferry.domain import TransferStatus
 from gateway.errors import UserError, checked_text
-from gateway.paging import SortField, TransferFilter, TransferOrder, address_spellings, uint_amount
+from gateway.paging import SortField, TransferFilter, TransferOrder, checksummed_address, uint_amount
 from gateway.scalars import BigInt
 from gateway.types import Info as _Info  # noqa: F401  # NOTE: registers the TransferStatus enum first
 
@@ -71,9 +71,9 @@ class TransferFilterInput:
         if amount_min is not None and amount_max is not None and amount_min > amount_max:
             raise UserError("filter.amountMin is larger than filter.amountMax: nothing could match")
         return TransferFilter(
-            senders=_spellings(self.sender, "filter.sender"),
-            recipients=_spellings(self.recipient, "filter.recipient"),
-            addresses=_spellings(self.address, "filter.address"),
+            sender=_checksummed(self.sender, "filter.sender"),
+            recipient=_checksummed(self.recipient, "filter.recipient"),
+            address=_checksummed(self.address, "filter.address"),
             statuses=None if self.status is None else tuple(dict.fromkeys(self.status))[:_MAX_STATUSES],
             source_chain_id=self.source_chain_id,
             target_chain_id=self.target_chain_id,
@@ -86,5 +86,5 @@ class TransferFilterInput:
         )
 
 
-def _spellings(address: str | None, argument: str) -> tuple[str, ...] | None:
-    return None if address is None else address_spellings(address, argument)
+def _checksummed(address: str | None, argument: str) -> str | None:
+    return None if address is None else checksummed_address(address, argument)

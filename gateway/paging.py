@@ -73,11 +73,11 @@ _RECORD_ATTRIBUTE = {
 
 @dataclass(frozen=True, slots=True)
 class TransferFilter:
-    """Which transfers a list shows. Address fields hold every stored spelling of one address."""
+    """Which transfers a list shows. Addresses are checksummed, as stored (``checksummed_address``)."""
 
-    senders: tuple[str, ...] | None = None
-    recipients: tuple[str, ...] | None = None
-    addresses: tuple[str, ...] | None = None
+    sender: str | None = None
+    recipient: str | None = None
+    address: str | None = None
     statuses: tuple[TransferStatus, ...] | None = None
     source_chain_id: int | None = None
     target_chain_id: int | None = None
@@ -132,13 +132,16 @@ def check_page_size(size: int, max_page_size: int, argument: str = "first") -> i
 
 
 @functools.lru_cache(maxsize=65_536)
-def address_spellings(address: str, argument: str = "address") -> tuple[str, ...]:
-    """The checksummed and lowercase spellings of a valid ``address``; UserError otherwise.
+def checksummed_address(address: str, argument: str = "address") -> str:
+    """``address`` EIP-55 checksummed, the one spelling ``transfers`` stores; UserError when invalid.
 
-    Accepts an EIP-55 checksummed or single-case 0x address. Both spellings are
-    matched, so the lookup does not depend on how a writer stored addresses. Cached:
-    the checksum costs a keccak, and the same addresses come back request after request
-    (a refusal raises, so it is never cached).
+    Accepts an EIP-55 checksummed or single-case 0x address. Invariant: the indexer,
+    the only writer of ``transfers``, stores ``sender`` and ``recipient`` checksummed
+    (``indexer/decode.py``), so a filter matches that single spelling, which lets
+    PostgreSQL walk ``(sender, lock_block_time, id)`` and
+    ``(recipient, lock_block_time, id)`` for one value each. Cached: the checksum
+    costs a keccak, and the same addresses come back request after request (a
+    refusal raises, so it is never cached).
     """
     if not _HEX_ADDRESS.fullmatch(address):
         raise UserError(f"{argument} {_ADDRESS_FORMAT}")
@@ -148,8 +151,8 @@ def address_spellings(address: str, argument: str = "address") -> tuple[str, ...
             f"{argument} {_ADDRESS_FORMAT} "
             "(its checksum does not match: check the address, or send it lowercase)"
         )
-    checksummed = to_checksum_address(address)
-    return (checksummed, checksummed.lower())
+    checksummed: str = to_checksum_address(address)
+    return checksummed
 
 
 def uint_amount(value: str, argument: str) -> Decimal:

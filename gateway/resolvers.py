@@ -21,8 +21,8 @@ from gateway.inputs import TransferFilterInput, TransferOrderInput
 from gateway.paging import (
     TransferFilter,
     TransferPosition,
-    address_spellings,
     check_page_size,
+    checksummed_address,
     decode_cursor,
     encode_cursor,
 )
@@ -130,7 +130,7 @@ async def transfer_page(
     order = (order_by or TransferOrderInput()).checked()
     wanted = (filter or TransferFilterInput()).checked()
     if address is not None:
-        wanted = replace(wanted, addresses=address_spellings(address))
+        wanted = replace(wanted, address=checksummed_address(address))
     cursor, argument = (before, "before") if backwards else (after, "after")
     start = None if cursor is None else decode_cursor(cursor, order, argument)
     records = await reads.transfer_page(gateway.pool, wanted, order, start, size + 1, backwards=backwards)
@@ -163,7 +163,7 @@ def transfer_updated(
 def transfers_for_address(
     info: Info, address: str, after: str | None = None
 ) -> AsyncGenerator[TransferChange, None]:
-    wanted = TransferFilter(addresses=address_spellings(address))
+    wanted = TransferFilter(address=checksummed_address(address))
     return _stream(info.context.gateway, wanted, change_cursor(after) if after is not None else 0)
 
 

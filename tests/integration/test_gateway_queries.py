@@ -181,6 +181,74 @@ async def test_orders_page_forward_and_backward_over_every_transfer_once(
     assert backward == forward
 
 
+@pytest.fixture
+async def around_alice(transfers: Transfers) -> dict[int, tuple[datetime, int, bool, str]]:
+    """24 transfers, locked three to a second: ALICE sends, receives, sends to herself, or is
+    not involved (by nonce % 4); every third one CONFIRMED. Returns nonce -> (locked at, amount,
+    CONFIRMED, id) of the 18 ALICE is in (nonces have two digits, so id order is nonce order).
+    """
+    roles = [(ALICE, BOB), (CAROL, ALICE), (ALICE, ALICE), (BOB, CAROL)]
+    alices: dict[int, tuple[datetime, int, bool, str]] = {}
+    for nonce in range(10, 34):
+        sender, recipient = roles[nonce % 4]
+        locked_at, amount = T0 + timedelta(seconds=(nonce - 10) // 3), 1000 + nonce * 7 % 24
+        made = await transfers.add(
+            nonce, sender=sender, recipient=recipient, amount=amount, locked_at=locked_at
+        )
+        confirmed = nonce % 3 == 0
+        if confirmed:
+            await transfers.move(made, S.CONFIRMED)
+        if ALICE in (sender, recipient):
+            alices[nonce] = (locked_at, amount, confirmed, made)
+    return alices
+
+
+@pytest.mark.parametrize("spelling", [ALICE, ALICE.lower()])
+@pytest.mark.parametrize("statuses", [None, ["CONFIRMED"]])
+@pytest.mark.parametrize(
+    "order",
+    [
+        {"field": "LOCKED_AT", "direction": "DESC"},  # the UNION ALL of two index scans
+        {"field": "LOCKED_AT", "direction": "ASC"},
+        {"field": "AMOUNT", "direction": "DESC"},  # no index after the address: the plain query
+    ],
+)
+async def test_an_address_pages_both_ways_over_each_of_its_transfers_once(
+    client: httpx.AsyncClient,
+    around_alice: dict[int, tuple[datetime, int, bool, str]],
+    spelling: str,
+    statuses: list[str] | None,
+    order: dict[str, str],
+) -> None:
+    kept = {n: made for n, made in around_alice.items() if statuses is None or made[2]}
+    by_amount = order["field"] == "AMOUNT"
+    expected = [kept[n][3] for n in sorted(kept, key=lambda n: (kept[n][1] if by_amount else kept[n][0], n))]
+    if order["direction"] == "DESC":
+        expected.reverse()
+    wanted: dict[str, Any] = {"address": spelling, "status": statuses}
+
+    forward: list[str] = []
+    after = None
+    while True:
+        connection = await page(client, filter=wanted, order=order, first=4, after=after)
+        forward += ids(connection)
+        assert connection["totalCount"] == len(expected)
+        if not connection["pageInfo"]["hasNextPage"]:
+            break
+        after = connection["pageInfo"]["endCursor"]
+    assert forward == expected
+
+    backward: list[str] = []
+    before = None
+    while True:
+        connection = await page(client, filter=wanted, order=order, last=3, before=before)
+        backward = ids(connection) + backward
+        if not connection["pageInfo"]["hasPreviousPage"]:
+            break
+        before = connection["pageInfo"]["startCursor"]
+    assert backward == expected
+
+
 async def test_paging_arguments_that_do_not_fit_are_clear_errors(
     client: httpx.AsyncClient, varied: dict[str, str]
 ) -> None:
@@ -201,6 +269,11 @@ async def test_paging_arguments_that_do_not_fit_are_clear_errors(
     body = await graphql(client, PAGE, filter={"sender": "0xabc"})
     assert messages(body) == [
         "filter.sender must be a 0x-prefixed 20-byte hex address, checksummed (EIP-55) or lowercase"
+    ]
+    body = await graphql(client, PAGE, filter={"address": ALICE.replace("C", "c", 1)})
+    assert messages(body) == [
+        "filter.address must be a 0x-prefixed 20-byte hex address, checksummed (EIP-55) or lowercase "
+        "(its checksum does not match: check the address, or send it lowercase)"
     ]
 
 

@@ -44,7 +44,10 @@ RUN: dict[str, Any] = dict(
 
 
 def seed(database_url: str) -> None:
-    """A few transfers and history rows so generated queries find something."""
+    """A few transfers and history rows so generated queries find something.
+
+    Addresses are written as the indexer writes them: checksummed (EIP-55).
+    """
     with psycopg.connect(database_url, autocommit=True) as conn:
         for nonce in range(3):
             tid = f"31337:0x5fbdb2315678afecb367f032d93f642f64180aa3:{nonce}"
@@ -54,8 +57,8 @@ def seed(database_url: str) -> None:
                     target_chain_id, sender, recipient, amount, status, confirmations_required,
                     lock_tx_hash, lock_log_index, lock_block_number, lock_block_hash, lock_block_time)
                 VALUES (%s, 'FTT:31337-31338', 'FTT', 31337, '0x5fbdb2315678afecb367f032d93f642f64180aa3',
-                    %s, 31338, '0x70997970c51812dc3a010c7d01b50e0d17dc79c8',
-                    '0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc', 1000, 'PENDING', 2, %s, 0, 10, %s, now())
+                    %s, 31338, '0x70997970C51812dc3A010C7d01b50e0d17dc79C8',
+                    '0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC', 1000, 'PENDING', 2, %s, 0, 10, %s, now())
                 """,
                 (tid, nonce, "0x" + f"{nonce:064x}", "0x" + "0" * 64),
             )

@@ -15,7 +15,7 @@ from gateway import subscriptions
 from gateway.changes import follow_changes
 from gateway.context import Gateway
 from gateway.errors import SubscriberTooSlow
-from gateway.paging import TransferFilter, address_spellings
+from gateway.paging import TransferFilter, checksummed_address
 from tests.integration.test_gateway import (
     ALICE,
     BOB,
@@ -195,7 +195,7 @@ async def test_a_slow_consumer_is_cut_off_while_the_others_keep_receiving(
 ) -> None:
     gateway = Gateway(settings_for(clean_db), queue_size=3)
     await gateway.start()
-    wanted = TransferFilter(addresses=address_spellings(CAROL))
+    wanted = TransferFilter(address=checksummed_address(CAROL))
     slow = follow_changes(gateway.feed, gateway.pool, wanted, None)
     fast = follow_changes(gateway.feed, gateway.pool, wanted, None)
     try:

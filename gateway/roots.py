@@ -9,8 +9,9 @@ when every root field of a query
 
 - is in ``ROOT_READS`` (``transfer``, ``transfers``): the same function the
   resolver runs, called with the arguments coerced by graphql-core
-  (``get_variable_values``, ``get_argument_values``) and converted by Strawberry
-  (``convert_arguments``), exactly as on the resolver's path;
+  (``get_variable_values``, ``get_argument_values``) and converted as Strawberry's
+  ``convert_arguments`` does, by a converter compiled once per root field
+  (``gateway.conversion``);
 - carries no field extension, and its whole selection is plannable
   (``PlannedExecution.value_reader``: plain fields, no resolvers below the root);
 - and the operation has no directives (so the plan depends on the document alone).
@@ -42,10 +43,10 @@ from graphql import (
 )
 from graphql.execution.collect_fields import collect_fields
 from graphql.execution.values import VariableValues
-from strawberry.types.arguments import StrawberryArgument, convert_arguments
 
 from gateway import resolvers
 from gateway.context import Gateway
+from gateway.conversion import ArgumentsConverter, compile_arguments
 from gateway.plans import PlannedExecution, Reader
 from gateway.schema import schema
 
@@ -66,6 +67,8 @@ def _read_transfers(gateway: Gateway, arguments: dict[str, Any]) -> Awaitable[An
 
 #: Root fields with a direct read, by GraphQL name.
 ROOT_READS: dict[str, RootRead] = {"transfer": _read_transfer, "transfers": _read_transfers}
+#: Their argument converters, compiled on first use.
+_CONVERTERS: dict[str, ArgumentsConverter] = {}
 
 
 class PlanCounts:
@@ -87,19 +90,13 @@ class PlannedRoot:
     response_name: str
     field: GraphQLField
     node: FieldNode
-    arguments: list[StrawberryArgument]
+    convert: ArgumentsConverter
     read: RootRead
     complete: Reader
 
     def converted_arguments(self, variables: VariableValues) -> dict[str, Any]:
         """The arguments as the resolver receives them (graphql-core coercion, Strawberry conversion)."""
-        values = get_argument_values(self.field, self.node, variables)
-        return convert_arguments(
-            values,
-            self.arguments,
-            scalar_registry=schema.schema_converter.scalar_registry,
-            config=schema.config,
-        )
+        return self.convert(get_argument_values(self.field, self.node, variables))
 
 
 @dataclass(frozen=True)
@@ -169,7 +166,10 @@ def compile_plan(
         complete = context.value_reader(field.type, field_details_list)
         if complete is None:
             return None
-        roots.append(PlannedRoot(response_name, field, node, definition.arguments, read, complete))
+        convert = _CONVERTERS.get(node.name.value)
+        if convert is None:
+            convert = _CONVERTERS[node.name.value] = compile_arguments(definition.arguments)
+        roots.append(PlannedRoot(response_name, field, node, convert, read, complete))
     if not roots:
         return None
     return OperationPlan(tuple(operation.variable_definitions or ()), tuple(roots))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 from collections.abc import Awaitable, Iterator, Sequence
@@ -26,6 +25,7 @@ import uvicorn
 from prometheus_client import make_asgi_app
 from starlette.types import ASGIApp
 
+from ferry import observability
 from ferry.settings import Settings
 from gateway.app import create_app, graphql_app, health_app
 from gateway.context import Gateway
@@ -77,13 +77,8 @@ async def run(settings: Settings) -> None:
     async def graphql_when_ready() -> None:
         if await _unless_stopping(gateway.start(), stopping):
             # NOTE: start-up objects live as long as the process: keep the collector off them,
-            # it dominates worst-case latency in large fan-outs (ARCHITECTURE.md).
-            gc.freeze()
-            # NOTE: requests leave almost no cyclic garbage, yet at the default threshold (700)
-            # the collector ran ~50 times a second under load, about a tenth of the process's
-            # CPU, and its full passes (40-60 ms) were stalls every in-flight request waited
-            # out. A young generation of 20,000 cut collection time about 4x (docs/graphql.md).
-            gc.set_threshold(20_000, 10, 10)
+            # it dominated worst-case latency in large fan-outs (ARCHITECTURE.md).
+            observability.settle_heap()
             await servers["GraphQL"].serve()
 
     runs = [

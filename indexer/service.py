@@ -13,13 +13,12 @@ transaction that rolls back), closes their RPC clients and the pool, and returns
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 
 import asyncpg
 
-from ferry import metrics
+from ferry import metrics, observability
 from ferry.db import create_pool
 from ferry.settings import ChainsConfig, Settings
 from indexer import store
@@ -54,7 +53,7 @@ async def run(settings: Settings) -> None:
         log.info("indexer following %s", ", ".join(f"{c.name} ({c.id})" for c in config.chains))
         # NOTE: start-up objects (settings, ABIs, web3, pools) live as long as the process: keep the
         # collector off them, so its pauses do not add to the lock-to-row latency (ARCHITECTURE.md).
-        gc.freeze()
+        observability.settle_heap()
         await _run_until_signal(supervisors)
     finally:
         await health.stop()

@@ -13,14 +13,13 @@ job can be enqueued again at once, which the sweeper relies on.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
-from ferry import metrics
+from ferry import metrics, observability
 from ferry.settings import Settings
 from relayer.context import CONTEXT_KEY, open_context, relayer_context
 from relayer.jobs import relay_transfer, vet_route_job
@@ -92,7 +91,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     # the collector off them, as the indexer and the gateway do, so its full collections stay short
     # while receipts and batches churn through the heap (ARCHITECTURE.md: the collector dominated
     # worst-case latency elsewhere).
-    gc.freeze()
+    observability.settle_heap()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

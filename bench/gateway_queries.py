@@ -9,8 +9,9 @@ sockets on uvloop, so the client costs little and the same for both servers):
 
 The gateway runs as ``ferry gateway`` (one process). The baseline is a bare Starlette
 app in its own uvicorn process that runs the gateway's SQL through asyncpg and
-answers JSON of the same fields; its list SQL is the gateway's own text, made by
-``gateway.reads.transfer_page_query`` for the benchmarked document (``list_query``).
+answers JSON of the same fields; its SQL is the gateway's own text:
+``gateway.reads.TRANSFERS_BY_ID_SQL``, and for the list what
+``gateway.reads.transfer_page_query`` makes for the benchmarked document (``list_query``).
 Prints JSON: throughput and latency percentiles of both, their ratio, and the targets
 (0.6 / 0.5 of baseline, p99 <= 25 / 50 ms). Addresses are stored and sent checksummed,
 as the indexer stores them.
@@ -20,6 +21,9 @@ as the indexer stores them.
 ``client_cpu_share`` is the load generator's CPU over the run (1.0 = a whole core):
 the client shares the machine's cores with both servers, so compare it between the
 two runs; the baseline and the gateway are driven by the same client code.
+``server_cpu_ms_per_request`` is the server process's CPU time (user + system, from
+``/proc``) over the measured window divided by the requests answered in it: steadier
+than throughput when other work shares the machine.
 
 PostgreSQL comes from FERRY_BENCH_DATABASE_URL (default 127.0.0.1:5432, else embedded).
 """
@@ -84,7 +88,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-COLUMNS = "id, status, amount, sender, recipient, lock_tx_hash, lock_block_time"
+ID_SQL = os.environ["BARE_ID_SQL"]
 LIST_SQL = os.environ["BARE_LIST_SQL"]
 LIST_ARGS = json.loads(os.environ["BARE_LIST_ARGS"])
 ADDRESS_SLOT = os.environ["BARE_ADDRESS_SLOT"]
@@ -96,8 +100,7 @@ def shape(row):
             "lockedAt": row["lock_block_time"].isoformat()}
 
 async def by_id(request):
-    row = await pool.fetchrow(
-        f"SELECT {COLUMNS} FROM transfers WHERE id = ANY($1::text[])", [request.query_params["id"]])
+    row = await pool.fetchrow(ID_SQL, [request.query_params["id"]])
     body = json.dumps({"data": {"transfer": shape(row) if row else None}})
     return Response(body, media_type="application/json")
 
@@ -162,18 +165,28 @@ async def _client(host: str, port: int, requests: list[bytes], stop_at: float, l
     return done
 
 
-async def _drive(host: str, port: int, requests: list[bytes], seconds: float) -> dict[str, float]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _drive(
+    host: str, port: int, requests: list[bytes], seconds: float, server_pid: int
+) -> dict[str, float]:
     warm: list[float] = []
     await asyncio.gather(
         *(_client(host, port, requests, time.perf_counter() + 1.5, warm) for _ in range(CLIENTS))
     )
     latencies: list[float] = []
     started, cpu_started = time.perf_counter(), time.process_time()
+    server_cpu_started = _cpu_seconds(server_pid)
     await asyncio.gather(
         *(_client(host, port, requests, started + seconds, latencies) for _ in range(CLIENTS))
     )
     elapsed = time.perf_counter() - started
     client_cpu = time.process_time() - cpu_started
+    server_cpu = _cpu_seconds(server_pid) - server_cpu_started
     latencies.sort()
 
     def pct(p: float) -> float:
@@ -185,6 +198,7 @@ async def _drive(host: str, port: int, requests: list[bytes], seconds: float) ->
         "p99_ms": pct(0.99),
         # NOTE: the load generator's share of one core: near 1.0 it, not the server, is the limit.
         "client_cpu_share": round(client_cpu / elapsed, 2),
+        "server_cpu_ms_per_request": round(server_cpu * 1000 / max(len(latencies), 1), 3),
     }
 
 
@@ -193,7 +207,7 @@ def load_main(spec_path: str) -> None:
 
     spec = json.loads(Path(spec_path).read_text())
     requests = [r.encode("latin-1") for r in spec["requests"]]
-    result = uvloop.run(_drive("127.0.0.1", spec["port"], requests, spec["seconds"]))
+    result = uvloop.run(_drive("127.0.0.1", spec["port"], requests, spec["seconds"], spec["server_pid"]))
     print(json.dumps(result))
 
 
@@ -209,9 +223,13 @@ def _get_request(port: int, path: str) -> str:
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
 
 
-def measure(port: int, requests: list[str], seconds: float, workdir: Path) -> dict[str, float]:
+def measure(
+    port: int, server_pid: int, requests: list[str], seconds: float, workdir: Path
+) -> dict[str, float]:
     spec = workdir / f"spec-{uuid.uuid4().hex[:6]}.json"
-    spec.write_text(json.dumps({"port": port, "requests": requests, "seconds": seconds}))
+    spec.write_text(
+        json.dumps({"port": port, "server_pid": server_pid, "requests": requests, "seconds": seconds})
+    )
     out = subprocess.run(
         [sys.executable, __file__, "--load", str(spec)], check=True, capture_output=True, text=True
     )
@@ -329,11 +347,14 @@ def run(transfers: int, seconds: float, *, keep: bool = False) -> dict[str, Any]
         processes.append(subprocess.Popen([sys.executable, "-m", "ferry", "gateway"], env=env, cwd=ROOT))
         bare_port = free_port()
         (workdir / "bare_app.py").write_text(BARE_APP)
+        from gateway.reads import TRANSFERS_BY_ID_SQL
+
         list_sql, list_args = list_query()
         bare_env = {
             **os.environ,
             "BARE_DSN": dsn,
             "PYTHONPATH": str(workdir),
+            "BARE_ID_SQL": TRANSFERS_BY_ID_SQL,
             "BARE_LIST_SQL": list_sql,
             "BARE_LIST_ARGS": json.dumps(list_args),
             "BARE_ADDRESS_SLOT": ADDRESS_SLOT,
@@ -366,8 +387,8 @@ def run(transfers: int, seconds: float, *, keep: bool = False) -> dict[str, Any]
             ),
         }
         for name, (gateway_requests, bare_requests, ratio_target, p99_target) in scenarios.items():
-            baseline = measure(bare_port, bare_requests, seconds, workdir)
-            gateway = measure(gateway_port, gateway_requests, seconds, workdir)
+            baseline = measure(bare_port, processes[1].pid, bare_requests, seconds, workdir)
+            gateway = measure(gateway_port, processes[0].pid, gateway_requests, seconds, workdir)
             ratio = round(gateway["requests_per_s"] / baseline["requests_per_s"], 3)
             results[name] = {
                 "gateway": gateway,

@@ -86,8 +86,12 @@ def filter_conditions(
             query.add(template, value)
 
 
+#: Transfers by id (``transfer(id)`` and the DataLoader); the query benchmark's baseline runs it too.
+TRANSFERS_BY_ID_SQL = f"{_TRANSFER_SELECT} WHERE id = ANY($1::text[])"
+
+
 async def transfers_by_id(pool: asyncpg.Pool, ids: Sequence[str]) -> dict[str, TransferRecord]:
-    rows = await pool.fetch(f"{_TRANSFER_SELECT} WHERE id = ANY($1::text[])", list(set(ids)))
+    rows = await pool.fetch(TRANSFERS_BY_ID_SQL, list(set(ids)))
     return {row["id"]: TransferRecord.from_row(row) for row in rows}
 
 

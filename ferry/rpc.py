@@ -125,19 +125,27 @@ class RpcClient:
         return body
 
     async def _send(self, payload: Any, method: str) -> Any:
+        request = self._http.build_request("POST", self.url, json=payload)
         try:
-            response = await self._http.post(self.url, json=payload)
+            response = await self._http.send(request, stream=True)
+            try:
+                if response.status_code == 429:
+                    raise RpcUnavailable(self.name, "rate limited (HTTP 429)", rate_limited=True)
+                if response.status_code >= 400 and response.status_code != 400:
+                    raise RpcUnavailable(self.name, f"{method} answered HTTP {response.status_code}")
+                # NOTE: the body is read into our own bytes, not ``response.content``: httpx's
+                # response objects sit in reference cycles, so the body they keep (MBs for an
+                # eth_getLogs answer) waited for the cycle collector; a backfill piled them up.
+                content = b"".join([chunk async for chunk in response.aiter_bytes()])
+            finally:
+                await response.aclose()
         except httpx.TimeoutException:
             raise RpcUnavailable(self.name, f"{method} timed out") from None
         except httpx.HTTPError as exc:
             raise RpcUnavailable(self.name, f"{method} failed: {type(exc).__name__}") from None
-        if response.status_code == 429:
-            raise RpcUnavailable(self.name, "rate limited (HTTP 429)", rate_limited=True)
-        if response.status_code >= 400 and response.status_code != 400:
-            raise RpcUnavailable(self.name, f"{method} answered HTTP {response.status_code}")
         try:
             # NOTE: orjson parses a large eth_getLogs answer several times faster than json.
-            return orjson.loads(response.content)
+            return orjson.loads(content)
         except orjson.JSONDecodeError:
             raise RpcGarbage(f"{self.name}: {method} answered malformed JSON") from None
 

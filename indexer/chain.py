@@ -111,6 +111,7 @@ class ChainReader:
             self._bridges, [[TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC]], first, last
         )
         events = [self._decode(raw, first, last) for raw in raw_logs if not _removed(raw)]
+        del raw_logs  # NOTE: as in read_between
         dense_from = max(first, head - self.dense_window + 1)
         numbers = {e.block_number for e in events} | {first, last} | set(range(dense_from, last + 1))
         headers = await self._headers(rpc, sorted(numbers))
@@ -191,6 +192,7 @@ class ChainReader:
             self._bridges, [[TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC]], first, last
         )
         events = [self._decode(raw, first, last) for raw in raw_logs if not _removed(raw)]
+        del raw_logs  # NOTE: the parsed answer weighs more than its events: not kept while headers come
         headers = await self._headers(rpc, sorted({e.block_number for e in events} | {first, last}))
         _check_same_blocks(events, headers)
         if not events:

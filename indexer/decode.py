@@ -241,9 +241,10 @@ def _address_word(word: str, field: str) -> str:
     return _checksummed(word[24:].lower())
 
 
-@lru_cache(maxsize=65_536)
+@lru_cache(maxsize=4_096)
 def _checksummed(hex40: str) -> str:
-    # NOTE: cached because the same users and bridges recur; checksumming is a keccak.
+    # NOTE: cached because the same users and bridges recur; checksumming is a keccak. Small: a
+    # full cache of distinct addresses costs ~300 bytes an entry (65,536 entries were ~20 MB).
     return to_checksum_address("0x" + hex40)
 
 

@@ -14,10 +14,9 @@ are due for a move; ``ferry.transitions`` makes the moves, last in the transacti
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
@@ -37,6 +36,8 @@ log = logging.getLogger(__name__)
 MAX_CHAIN_ID = 2**63 - 1
 #: Locks in one range from which they are COPYed into ``transfers`` (``_copy_new_locks``).
 COPY_LOCKS_FROM = 256
+#: COPY rows built and sent at a time (``_copy_chunks``).
+COPY_CHUNK = 256
 _PENDING, _CONFIRMED = TransferStatus.PENDING.value, TransferStatus.CONFIRMED.value
 _COPY_COLUMNS = (
     "id",
@@ -334,10 +335,35 @@ async def _copy_new_locks(
     Decoded fields are hex or numbers (nothing to escape); text from the chains file
     (route, token, target bridge) is escaped once per (bridge, target chain).
     """
+    due: list[Due] = []
+    try:
+        async with conn.transaction():
+            await conn.copy_to_table(
+                "transfers",
+                source=_copy_chunks(chain, config, chain_range, locks, final_through, due),
+                columns=_COPY_COLUMNS,
+            )
+    except asyncpg.UniqueViolationError:
+        return None
+    return due
+
+
+async def _copy_chunks(
+    chain: ChainConfig,
+    config: ChainsConfig,
+    chain_range: ChainRange,
+    locks: Sequence[LockEvent],
+    final_through: int,
+    due: list[Due],
+) -> AsyncIterator[bytes]:
+    """The COPY rows of ``locks``, ``COPY_CHUNK`` lines at a time; appends each lock's ``Due``.
+
+    Chunks, not one buffer: the text of a whole range (and its encoded copy) would sit in
+    memory beside the range's events; a chunk is sent before the next is built.
+    """
     targets: dict[tuple[str, int], tuple[str, str, str]] = {}
     times: dict[int, str] = {}
     lines: list[str] = []
-    due: list[Due] = []
     prefix = f"{chain.id}:"
     head = f"\t{chain.id}\t"
     confirmations = chain.confirmations
@@ -363,14 +389,11 @@ async def _copy_new_locks(
             f"{lock.log_index}\t{block}\t{lock.block_hash}\t{stamp}\n"
         )
         due.append(Due(transfer, target[0], lock.tx_hash, block, status))
-    try:
-        async with conn.transaction():
-            await conn.copy_to_table(
-                "transfers", source=io.BytesIO("".join(lines).encode()), columns=_COPY_COLUMNS
-            )
-    except asyncpg.UniqueViolationError:
-        return None
-    return due
+        if len(lines) == COPY_CHUNK:
+            yield "".join(lines).encode()
+            lines.clear()
+    if lines:
+        yield "".join(lines).encode()
 
 
 def _copy_text(value: str | None) -> str:

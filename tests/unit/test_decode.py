@@ -255,15 +255,34 @@ def test_ranges_shrink_on_big_answers_and_grow_back_on_small_ones() -> None:
 
     sizer = RangeSizer(limit=2_000)
     assert sizer.size == FIRST_RANGE
-    for _ in range(10):
+    for _ in range(12):
         sizer.observe(sizer.size, 0)
     assert sizer.size == 2_000
     sizer.observe(2_000, 10 * TARGET_LOGS)
-    assert sizer.size == 1_000
-    sizer.shrink(1_000)
-    assert sizer.size == 500
-    sizer.observe(400, TARGET_LOGS)  # a range shorter than the size says nothing about growing
-    assert sizer.size == 500
+    assert sizer.size == 200  # NOTE: to about TARGET_LOGS at the density just seen
+    sizer.shrink(200)
+    assert sizer.size == 100
+    sizer.observe(40, TARGET_LOGS)  # a range shorter than the size says nothing about growing
+    assert sizer.size == 100
     for _ in range(20):
         sizer.shrink(sizer.size)
     assert sizer.size == 1
+
+
+def test_the_backfill_budget_counts_fetches_and_commits() -> None:
+    from indexer.backfill import BACKFILL_CONCURRENCY, LOGS_IN_FLIGHT, RangeSizer
+
+    sizer = RangeSizer(limit=2_000)
+    assert sizer.may_start(0, 0)  # a lone range always may: nothing else would move
+    assert not sizer.may_start(1, 0)  # one range until the density is known
+    sizer.observe(sizer.size, 0)
+    assert not sizer.may_start(1, 0)  # an empty range does not tell it
+    sizer.observe(sizer.size, LOGS_IN_FLIGHT // 4 * sizer.size)  # a quarter of the budget per block
+    sizer.size = 1
+    assert sizer.expected() == LOGS_IN_FLIGHT // 4
+    fits = LOGS_IN_FLIGHT - sizer.expected()
+    assert sizer.may_start(BACKFILL_CONCURRENCY - 1, fits)
+    assert not sizer.may_start(BACKFILL_CONCURRENCY - 1, fits + 1)  # past the budget: wait for a commit
+    assert not sizer.may_start(BACKFILL_CONCURRENCY, 0)
+    sizer.observe(1, 0)  # an empty range after dense ones: the density is forgotten by halves only
+    assert sizer.logs_per_block == LOGS_IN_FLIGHT // 8

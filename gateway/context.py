@@ -168,7 +168,7 @@ async def _connect_until_up(dsn: str, session: dict[str, str]) -> asyncpg.Pool:
     while True:
         try:
             return await create_pool(
-                dsn, max_size=READ_POOL_SIZE, server_settings=session, reset=_keep_session
+                dsn, max_size=READ_POOL_SIZE, server_settings=session, reset=_keep_session, fair=True
             )
         except DatabaseUnavailable as exc:
             log.warning("%s; retrying in %.1fs", exc, delay)

@@ -14,7 +14,7 @@ import functools
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from decimal import Decimal, localcontext
+from decimal import Context, Decimal
 from typing import TYPE_CHECKING, Annotated
 
 import strawberry
@@ -242,11 +242,13 @@ def uint_text(value: Decimal) -> str:
     return f"{value:f}"
 
 
+#: Enough precision for any uint256 (78 digits): the default context's 28 would round.
+_EXACT = Context(prec=200)
+
+
 def format_units(amount: Decimal, decimals: int) -> str:
     """``amount`` smallest units as an exact decimal with ``decimals`` applied, no trailing zeros."""
-    with localcontext() as exact:
-        exact.prec = 200  # NOTE: uint256 has 78 digits; the default 28 would round
-        text = f"{amount.scaleb(-decimals):f}"
+    text = f"{amount.scaleb(-decimals, _EXACT):f}"
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 

@@ -129,7 +129,9 @@ class TransferStatusHistory(SQLModel, table=True):
     __table_args__ = (sa.Index("transfer_status_history_transfer_idx", "transfer_id", "id"),)
 
     id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
-    transfer_id: str = Field(foreign_key="transfers.id")
+    # NOTE: no foreign key (migration 0010): ferry.transitions checks each insert in bulk and a
+    # trigger keeps a transfer with history from being deleted; the key cost a lock per row
+    transfer_id: str
     from_status: str | None = None
     to_status: str
     reason: str | None = None

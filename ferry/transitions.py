@@ -13,6 +13,13 @@ three promises:
    change committed before it (the subscription cursor depends on this).
 3. One ``NOTIFY ferry_transfer_changes, '<highest id>'`` per transaction, delivered
    by PostgreSQL only at COMMIT, so nobody hears of uncommitted state.
+4. Every history row names an existing transfer: each insert's rows are counted
+   joined to ``transfers`` (for the metrics below) and the count must be all of them,
+   or ``UnknownTransfer`` rolls the writer back. This replaced a foreign key checked
+   (and a row locked) per history row (migration 0010).
+
+Many new transfers at once (a backfill's range) pass as ``Created``, two lists, and
+their history rows are COPYed as text: no ``Change`` object per transfer.
 
 The business counters (``ferry_transfer_transitions_total{route, status}`` and
 ``ferry_transfer_volume_tokens_total{route, status}``) are counted here, from the
@@ -28,8 +35,10 @@ exact ledger (``analytics.daily_volume``).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import asyncpg
 
@@ -49,6 +58,22 @@ _HISTORY_COLUMNS = (
     "block_number",
     "created_at",
 )
+
+
+class Created(NamedTuple):
+    """Many transfers this transaction inserted (a backfill's range): ids and first states, in order.
+
+    Two parallel lists instead of one ``Change`` per transfer: their history rows are
+    COPYed as text (``_insert_created``), so a range of thousands of locks costs no
+    per-transfer Python object on this path.
+    """
+
+    transfer_ids: list[str]
+    statuses: list[str]
+
+
+class UnknownTransfer(Exception):
+    """A history row named a transfer that does not exist (a writer's bug): nothing is recorded."""
 
 
 #: States whose move keeps the mover's reason as the transfer's ``last_error``.
@@ -83,12 +108,15 @@ async def move_transfers(
     conn: asyncpg.Connection,
     moves: Sequence[Move],
     created: Iterable[tuple[str, TransferStatus]] = (),
+    bulk: Created | None = None,
 ) -> list[Change]:
     """Apply the legal moves among ``moves``; record history and NOTIFY once. Returns the changes.
 
     ``created`` names transfers the caller inserted in this transaction (their first
     state, recorded first), so one call records everything and sends the transaction's
     one NOTIFY. Must run inside a transaction; call it last, then commit promptly.
+    ``bulk`` is the same for many transfers at once: their history rows come first of
+    all, and they are not among the returned changes.
 
     Set-based: moves are taken in sequence order, so a transfer may move more than
     once (PENDING -> CONFIRMED -> RELEASED in one indexer range): its n-th move goes in
@@ -101,7 +129,7 @@ async def move_transfers(
     changes = [Change(transfer_id, None, status) for transfer_id, status in created]
     for wave in _waves(moves):
         changes += await _move_wave(conn, wave)
-    await record_history(conn, changes)
+    await record_history(conn, changes, bulk)
     return changes
 
 
@@ -156,15 +184,19 @@ async def record_new(conn: asyncpg.Connection, created: Iterable[tuple[str, Tran
     return changes
 
 
-async def record_history(conn: asyncpg.Connection, changes: Sequence[Change]) -> int | None:
-    """Insert history rows in commit order and NOTIFY once; returns the highest id written."""
-    if not changes:
+async def record_history(
+    conn: asyncpg.Connection, changes: Sequence[Change], bulk: Created | None = None
+) -> int | None:
+    """Insert history rows in commit order (``bulk`` first), NOTIFY once; returns the highest id written."""
+    written = len(changes) + (len(bulk.transfer_ids) if bulk else 0)
+    if not written:
         return None
+    volumes = await _insert_created(conn, bulk) if bulk and bulk.transfer_ids else []
     if len(changes) >= COPY_HISTORY_FROM:
-        volumes = await _copy_history(conn, changes)
-    else:
+        volumes += await _copy_history(conn, changes)
+    elif changes:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", HISTORY_LOCK_KEY)
-        volumes = await conn.fetch(
+        volumes += await conn.fetch(
             """
             WITH inserted AS (
             INSERT INTO transfer_status_history
@@ -190,13 +222,55 @@ async def record_history(conn: asyncpg.Connection, changes: Sequence[Change]) ->
             [c.tx_hash for c in changes],
             [c.block_number for c in changes],
         )
+    if sum(row["moved"] for row in volumes) != written:
+        # NOTE: the rows are counted joined to ``transfers``: this is the check a foreign key made
+        # per row (migration 0010); raising rolls the writer's transaction back
+        raise UnknownTransfer(f"{written} history rows written, but only some name a transfer")
     for row in volumes:
         metrics.TRANSFER_TRANSITIONS.labels(route=row["route"], status=row["status"]).inc(row["moved"])
         if row["tokens"] is not None:
             metrics.TRANSFER_VOLUME.labels(route=row["route"], status=row["status"]).inc(row["tokens"])
-    highest: int = volumes[0]["highest"]
+    highest: int = max(row["highest"] for row in volumes)
     await conn.execute("SELECT pg_notify($1, $2)", CHANGES_CHANNEL, str(highest))
     return highest
+
+
+async def _insert_created(conn: asyncpg.Connection, created: Created) -> list[asyncpg.Record]:
+    """The first history rows of many new transfers: COPYed in text format, then counted by id range.
+
+    As ``_copy_history``, but with no per-transfer ``Change``, tuple or binary row in
+    Python: one text line per transfer (id, state, the shared stamp). Under the history
+    lock like every history insert; the rows share one ``created_at``, the clock read
+    right after the lock; COPY keeps the caller's order, so ids follow it.
+    """
+    unknown = set(created.statuses) - _STATES
+    if unknown:
+        raise ValueError(f"not transfer states: {sorted(unknown)}")
+    stamp = await conn.fetchval(
+        "SELECT clock_timestamp()::text FROM (SELECT pg_advisory_xact_lock($1)) AS locked", HISTORY_LOCK_KEY
+    )
+    tail, rows = f"\t{stamp}\n", len(created.transfer_ids)
+    text = "".join([f"{transfer_id}\t{status}{tail}" for transfer_id, status in zip(*created, strict=True)])
+    # NOTE: transfer ids (chain:bridge:nonce) and states never hold COPY's special characters;
+    # counted at C speed, and escaped one by one only if one ever does
+    if text.count("\t") != 2 * rows or text.count("\n") != rows or "\\" in text or "\r" in text:
+        text = "".join(f"{_copy_text(i)}\t{_copy_text(s)}{tail}" for i, s in zip(*created, strict=True))
+    await conn.copy_to_table(
+        "transfer_status_history",
+        source=io.BytesIO(text.encode()),
+        columns=("transfer_id", "to_status", "created_at"),
+    )
+    return await _written(conn, rows)
+
+
+_STATES = frozenset(status.value for status in TransferStatus)
+
+
+def _copy_text(value: str) -> str:
+    return value.translate(_COPY_ESCAPES)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 async def _copy_history(conn: asyncpg.Connection, changes: Sequence[Change]) -> list[asyncpg.Record]:
@@ -228,6 +302,11 @@ async def _copy_history(conn: asyncpg.Connection, changes: Sequence[Change]) -> 
         ],
         columns=_HISTORY_COLUMNS,
     )
+    return await _written(conn, len(changes))
+
+
+async def _written(conn: asyncpg.Connection, rows: int) -> list[asyncpg.Record]:
+    """Counts and volume of the last ``rows`` history ids (this transaction's, under the history lock)."""
     volumes: list[asyncpg.Record] = await conn.fetch(
         """
         WITH written AS (
@@ -242,6 +321,6 @@ async def _copy_history(conn: asyncpg.Connection, changes: Sequence[Change]) -> 
           LEFT JOIN tokens AS k ON k.chain_id = t.source_chain_id AND k.symbol = t.token
          GROUP BY 1, 2, 3
         """,
-        len(changes),
+        rows,
     )
     return volumes

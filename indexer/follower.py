@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from ferry import metrics
+from ferry import metrics, transitions
 from ferry.db import DatabaseUnavailable
 from ferry.domain import TransferStatus
 from ferry.rpc import RpcError, RpcGarbage, RpcUnavailable
@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 #: Advisory lock key that orders the followers' linking of locks and releases (``Follower.commit``).
 LINK_LOCK_KEY = 0x0F3E_11CC
 
+#: New transfers in one range from which their history rows are written in bulk (``transitions.Created``).
+BULK_CREATED_FROM = 256
 #: Changes per transaction logged one by one; above this, one summary line.
 ANNOUNCE_EACH = 100
 #: Blocks another endpoint may be ahead of the current one before the current one counts as lagging.
@@ -85,6 +87,7 @@ class StepResult:
     indexed_block: int
     new_transfers: int
     new_releases: int
+    #: the moves, and the new transfers' first states unless recorded in bulk (``transitions.Created``)
     changes: tuple[Change, ...]
     rollback: Rollback | None = None
 
@@ -330,13 +333,18 @@ class Follower:
             # NOTE: set-based (one UPDATE per state, rows in id order), not one round trip per
             # transfer: the range's rows stay locked briefly, so the relayer settling the same
             # transfers does not wait on them (docs/relayer.md, "The wait (round 3)")
+            # NOTE: a backfill range's thousands of new transfers get their history rows from one
+            # statement over two arrays (transitions.Created): no Change object per lock
+            bulk = len(new) >= BULK_CREATED_FROM
             changes = await move_transfers(
                 conn,
                 lifecycle.reappeared(reappeared) + lifecycle.moves(confirmed, released, finalized),
-                created=[(d.transfer_id, TransferStatus(d.status or "PENDING")) for d in new],
+                created=() if bulk else [(d.transfer_id, TransferStatus(d.status or "PENDING")) for d in new],
+                bulk=_created(new) if bulk else None,
             )
-        routes = {d.transfer_id: d.route_id for d in (*new, *reappeared, *confirmed, *released, *finalized)}
-        _announce(changes, routes)
+        routes = {d.transfer_id: d.route_id for d in (*reappeared, *confirmed, *released, *finalized)}
+        routes.update((d.transfer_id, d.route_id) for d in (() if bulk else new))
+        _announce(changes, routes, len(new) if bulk else 0)
         return StepResult(head, chain_range.last, len(new), new_releases, tuple(changes))
 
     def _final_through(self, chain_range: ChainRange) -> int:
@@ -404,11 +412,18 @@ class Follower:
         return backoff.next()
 
 
-def _announce(changes: list[Change], routes: dict[str, str]) -> None:
+def _created(new: list[store.Due]) -> transitions.Created:
+    return transitions.Created([d.transfer_id for d in new], [d.status or "PENDING" for d in new])
+
+
+def _announce(changes: list[Change], routes: dict[str, str], created: int = 0) -> None:
     """Log committed changes (after COMMIT; ``ferry.transitions`` counts them).
 
-    A backfill commits thousands of transfers at once: then one summary line, not one per transfer.
+    A backfill commits thousands of transfers at once (``created`` of them new, recorded in
+    bulk): then one summary line, not one per transfer.
     """
+    if created:
+        log.info("%d transfers created, %d moved", created, len(changes))
     counts = Counter((routes.get(c.transfer_id, "unknown"), c.to_status.value) for c in changes)
     if len(changes) > ANNOUNCE_EACH:
         log.info(

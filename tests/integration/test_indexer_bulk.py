@@ -7,6 +7,12 @@
   unrouted lock included);
 - ``ferry.transitions`` COPYs the history of many changes: ids contiguous and in
   commit order, one NOTIFY naming the highest, every change and its volume counted;
+- many created transfers passed as ``transitions.Created`` (the backfill's ranges)
+  get their history first, in order, before the moves of the same call, one NOTIFY,
+  every one counted;
+- a history row naming no transfer is refused (``UnknownTransfer``) on every insert
+  path, and a transfer with history cannot be deleted or renamed (migration 0010
+  replaced the per-row foreign key);
 - ``store.advance_cursor`` with ``CURSOR_WAIT`` set waits for the range before to
   commit the cursor it builds on, and refuses a cursor that never comes or that
   ends on another block hash.
@@ -257,3 +263,89 @@ async def _advance_without_wait(pool: asyncpg.Pool, chain_range: ChainRange) -> 
     async with pool.acquire() as conn:
         await conn.execute("UPDATE chains SET indexed_block = 9")
         return await store.advance_cursor(conn, SOURCE, 12, chain_range)
+
+
+async def test_many_created_transfers_get_history_from_two_lists_before_the_moves_with_one_notify(
+    pool: asyncpg.Pool, clean_db: str
+) -> None:
+    config = _config()
+    chain_range = _range(10, 12, head=13, locks_per_block=store.COPY_LOCKS_FROM // 2)
+    route = f"FTT:{SOURCE}-{TARGET}"
+    confirmed_before, _ = _counted(route, "CONFIRMED")
+    pending_before, _ = _counted(route, "PENDING")
+    heard: list[str] = []
+    listener = await asyncpg.connect(clean_db)
+    try:
+        await listener.add_listener(CHANGES_CHANNEL, lambda *args: heard.append(args[3]))
+        async with pool.acquire() as conn, conn.transaction():
+            new, _ = await store.insert_locks(
+                conn, config.chain_by_id[SOURCE], config, chain_range, final_through=11
+            )
+            moved = next(d for d in new if d.status == "PENDING")
+            created = transitions.Created([d.transfer_id for d in new], [d.status or "" for d in new])
+            changes = await transitions.move_transfers(
+                conn, [transitions.Move(moved.transfer_id, TransferStatus.CONFIRMED)], bulk=created
+            )
+        await asyncio.sleep(0.2)
+    finally:
+        await listener.close()
+
+    rows = await pool.fetch(
+        "SELECT id, transfer_id, from_status, to_status FROM transfer_status_history ORDER BY id"
+    )
+    assert [(c.transfer_id, c.to_status) for c in changes] == [(moved.transfer_id, "CONFIRMED")]
+    assert [r["id"] for r in rows] == list(range(rows[0]["id"], rows[0]["id"] + len(new) + 1))
+    assert [(r["transfer_id"], r["from_status"], r["to_status"]) for r in rows] == [
+        *((d.transfer_id, None, d.status) for d in new),
+        (moved.transfer_id, "PENDING", "CONFIRMED"),
+    ]
+    assert heard == [str(rows[-1]["id"])]
+    pending = sum(1 for d in new if d.status == "PENDING")
+    assert _counted(route, "PENDING")[0] - pending_before == pending
+    assert _counted(route, "CONFIRMED")[0] - confirmed_before == len(new) - pending + 1
+
+
+@pytest.mark.parametrize("count", [1, transitions.COPY_HISTORY_FROM])
+async def test_history_naming_no_transfer_is_refused_and_nothing_is_recorded(
+    pool: asyncpg.Pool, count: int
+) -> None:
+    chain_range = _range(10, 10, head=13, locks_per_block=max(count - 1, 1))
+    with pytest.raises(transitions.UnknownTransfer):
+        await _record_with_one_unknown(pool, chain_range, count)
+    with pytest.raises(transitions.UnknownTransfer):
+        await _create_unknown(pool, count)
+
+    assert await pool.fetchval("SELECT count(*) FROM transfer_status_history") == 0
+    assert await pool.fetchval("SELECT count(*) FROM transfers") == 0
+
+
+async def _record_with_one_unknown(pool: asyncpg.Pool, chain_range: ChainRange, count: int) -> None:
+    """``count`` history rows in one transaction (the last names no transfer), after inserting the locks."""
+    config = _config()
+    async with pool.acquire() as conn, conn.transaction():
+        new, _ = await store.insert_locks(conn, config.chain_by_id[SOURCE], config, chain_range, 13)
+        ids = [*(d.transfer_id for d in new[: count - 1]), "no-such-transfer"]
+        await transitions.record_new(conn, [(i, TransferStatus.CONFIRMED) for i in ids])
+
+
+async def _create_unknown(pool: asyncpg.Pool, count: int) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        created = transitions.Created(["no-such-transfer"] * count, ["CONFIRMED"] * count)
+        await transitions.move_transfers(conn, [], bulk=created)
+
+
+async def test_a_transfer_with_history_cannot_be_deleted_or_renamed(pool: asyncpg.Pool) -> None:
+    config = _config()
+    chain_range = _range(10, 10, head=13, locks_per_block=2)
+    async with pool.acquire() as conn, conn.transaction():
+        new, _ = await store.insert_locks(conn, config.chain_by_id[SOURCE], config, chain_range, 13)
+        await transitions.record_new(conn, [(new[0].transfer_id, TransferStatus.CONFIRMED)])
+    kept, free = new[0].transfer_id, new[1].transfer_id
+
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await pool.execute("DELETE FROM transfers WHERE id = $1", kept)
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await pool.execute("UPDATE transfers SET id = 'renamed' WHERE id = $1", kept)
+    await pool.execute("UPDATE transfers SET id = id, updated_at = now() WHERE id = $1", kept)
+    await pool.execute("DELETE FROM transfers WHERE id = $1", free)
+    assert await pool.fetchval("SELECT array_agg(id) FROM transfers") == [kept]

@@ -11,10 +11,18 @@ transfer's confirmation to the last transfer's release being observed mined, and
 p50/p99 of (release observed mined - CONFIRMED), both from the transfers'
 history in PostgreSQL.
 
-Baseline, same run, same chains: the same number of release orders, pre-signed
-by the signers and packed in ``releaseBatch`` transactions of the same size (50),
-sent straight to the nodes by this script from another account, as fast as it
-can; throughput from the first send to the last receipt.
+Baseline (``baseline``, what ``ratio_to_baseline`` divides by), same run: a
+perfect relayer under the same traffic (``_perfect_relayer``): fresh chains from
+the same set-up, the same lock burst, and a script that sends each lock's
+pre-signed order in ``releaseBatch`` transactions of the same size (50), priced
+by the relayer's ``FeePricer``, as soon as the lock's block has the route's
+confirmations; the same figure (``figure_of``).
+
+``baseline_empty_chains``, same run, on the figure's chains after it: the same
+number of pre-signed orders in ``releaseBatch`` transactions of 50 sent straight
+to the nodes with no locks in the blocks, as fast as possible; throughput from the
+first send to the last receipt. Another workload (docs/relayer.md, "Ceiling of
+this benchmark"), printed for transparency with its ratio.
 
 Prints one JSON object. Uses FERRY_BENCH_DATABASE_URL (default the local
 server's ``postgres`` database, in which it creates and drops its own database)
@@ -24,6 +32,7 @@ and FERRY_BENCH_REDIS_URL (default local; embedded servers when nothing answers)
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -43,6 +52,8 @@ from eth_account import Account
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _perfect_relayer import figure_of, run_perfect_relayer  # noqa: E402
 
 from ferry.deploy import bridge_contract, send_transaction, token_contract  # noqa: E402
 from ferry.devchain import DEV_ACCOUNTS  # noqa: E402
@@ -144,6 +155,26 @@ def baseline(network: DevNetwork, per_chain: int) -> dict[str, Any]:
     }
 
 
+def baseline_same_traffic(workdir: Path, transfers: int) -> dict[str, Any]:
+    """A perfect relayer (``_perfect_relayer``) under the same lock burst, on fresh chains."""
+    network = start_dev_network(workdir, block_time=1)
+    try:
+        a, b = network.chain(31337), network.chain(31338)
+        half = transfers // 2
+        raw = {
+            a.chain_id: sign_locks(a, network.user_key, b.chain_id, half),
+            b.chain_id: sign_locks(b, network.user_key, a.chain_id, transfers - half),
+        }
+
+        def burst() -> None:
+            for chain in (a, b):
+                send_raw(chain.url, raw[chain.chain_id])
+
+        return asyncio.run(run_perfect_relayer(network, raw, burst, RECIPIENT, BATCH))
+    finally:
+        network.stop()
+
+
 def measure(database_url: str, total: int, limit: float) -> dict[str, Any]:
     deadline = time.time() + limit
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -191,16 +222,9 @@ def measure(database_url: str, total: int, limit: float) -> dict[str, Any]:
         ).fetchall()
     origin = min(float(first) for _, first, _ in stages)
     spans = {status: [round(float(a) - origin, 2), round(float(b) - origin, 2)] for status, a, b in stages}
-    latencies = sorted((released - confirmed).total_seconds() for confirmed, released in rows)
-    first = min(confirmed for confirmed, _ in rows)
-    last = max(released for _, released in rows)
-    seconds = (last - first).total_seconds()
     return {
         "released": done,
-        "seconds": round(seconds, 2),
-        "releases_per_second": round(len(rows) / seconds, 1) if seconds else None,
-        "p50_confirmed_to_release_mined_s": round(statistics.median(latencies), 3),
-        "p99_confirmed_to_release_mined_s": round(latencies[int(0.99 * (len(latencies) - 1))], 3),
+        **figure_of([(confirmed.timestamp(), released.timestamp()) for confirmed, released in rows]),
         "stage_spans_s": spans,
         # NOTE: diagnostics, p50/p99 over transfers: submitted -> release block's timestamp (whole
         # seconds) -> observed mined (RELEASED written), and the release gas of each target block.
@@ -268,7 +292,12 @@ def run(transfers: int, workers: int, keep: bool = False) -> dict[str, Any]:
             send_raw(chain.url, raw)
         figure = measure(database_url, transfers, limit=600)
         group.stop()
-        base = baseline(network, transfers // 2)
+        empty = baseline(network, transfers // 2)
+        network.stop()
+        try:
+            fair = baseline_same_traffic(workdir / "fair-chains", transfers)
+        except Exception as exc:  # NOTE: the figure and the other baseline are still worth printing
+            fair = {"error": f"{type(exc).__name__}: {exc}", "releases_per_second": None}
     finally:
         group.stop()
         network.stop()
@@ -278,9 +307,7 @@ def run(transfers: int, workers: int, keep: bool = False) -> dict[str, Any]:
         postgres.stop()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    ratio = (
-        figure["releases_per_second"] / base["releases_per_second"] if figure["releases_per_second"] else None
-    )
+    ratio = _ratio(figure, fair)
     return {
         "benchmark": "relay",
         "transfers": transfers,
@@ -289,10 +316,19 @@ def run(transfers: int, workers: int, keep: bool = False) -> dict[str, Any]:
         "block_time_s": 1,
         "batch_size": BATCH,
         "figure": figure,
-        "baseline": base,
-        "ratio_to_baseline": round(ratio, 3) if ratio else None,
+        "baseline": fair,
+        "ratio_to_baseline": ratio,
+        "baseline_empty_chains": empty,
+        "ratio_to_baseline_empty_chains": _ratio(figure, empty),
+        "load_average": Path("/proc/loadavg").read_text().split()[:3],
         "targets": {"releases_per_second": 500, "p99_s": 3.0, "ratio_to_baseline": 0.7},
     }
+
+
+def _ratio(figure: dict[str, Any], base: dict[str, Any]) -> float | None:
+    if not figure["releases_per_second"] or not base["releases_per_second"]:
+        return None
+    return round(figure["releases_per_second"] / base["releases_per_second"], 3)
 
 
 def main() -> None:

@@ -20,8 +20,12 @@ Each round of the submitter (``ChainSubmitter.tick``) calls ``Confirmer.check``:
    nonce, the bridge refuses replays), and its transfers go back to CONFIRMED.
 4. Gap repair: a SENT transaction at or above the mined count that the node
    does not know (anvil can drop one and keep later nonces queued; a node
-   restart forgets its pool) is re-sent unchanged. One below it that has no
-   receipt lost its nonce to another transaction: DROPPED, transfers CONFIRMED.
+   restart forgets its pool) is re-sent unchanged. One below it that still has
+   no receipt at a later head lost its nonce to another transaction: DROPPED,
+   transfers CONFIRMED. Not at the first look: anvil 1.7.1 answers the new mined
+   count before the new block's receipts (measured: a whole block of releases,
+   11 transactions, taken for dropped and sent again), and a load-balanced
+   endpoint can do the same.
 5. Re-pricing: a SENT transaction older than ``replace_after`` is re-signed with
    the same nonce and fees raised per ``relayer.fees.replacement_fees``; at the
    cap it stays and ``ferry_relayer_stuck_at_fee_cap`` says so.
@@ -67,6 +71,8 @@ class Confirmer:
         self._block_times: dict[int, datetime] = {}
         self._next_gap_check = 0.0
         self._last_head = -1
+        #: SENT transactions (by id) below the mined count without a receipt: the head then.
+        self._unreceipted: dict[int, int] = {}
 
     async def check(self) -> None:
         """Follow receipts when the head moved (or every few seconds), re-price when due.
@@ -90,7 +96,7 @@ class Confirmer:
             started = loop.time()
             await self.follow(head, mined_count)
             followed = loop.time()
-            await self.repair_gaps(mined_count, ask_node=gap_check)
+            await self.repair_gaps(mined_count, head, ask_node=gap_check)
             log.debug(
                 "chain %s: followed in %.3f s, gaps checked in %.3f s",
                 self.label,
@@ -264,11 +270,16 @@ class Confirmer:
 
     # ------------------------------------------------------ gaps and fees
 
-    async def repair_gaps(self, mined_count: int, *, ask_node: bool = True) -> None:
+    async def repair_gaps(self, mined_count: int, head: int, *, ask_node: bool = True) -> None:
         sent = sorted((tx for tx in self.s.open.values() if tx.status == "SENT"), key=lambda tx: tx.nonce)
         waiting = [tx for tx in sent if tx.nonce >= mined_count]
+        unreceipted = {tx.id: self._unreceipted.get(tx.id, head) for tx in sent if tx.nonce < mined_count}
+        self._unreceipted = unreceipted
         for tx in sent:
-            if tx.nonce < mined_count:
+            # NOTE: no receipt at the first look below the mined count may only mean the node
+            # has not stored the new block's receipts yet: dropped only if still none at a later head.
+            if tx.nonce < mined_count and unreceipted[tx.id] < head:
+                del unreceipted[tx.id]
                 error = f"nonce {tx.nonce} was used by another transaction; the transfers are sent again"
                 await txstore.record_dropped(self.s.pool, tx, error)
                 self.s.open.pop(tx.nonce, None)

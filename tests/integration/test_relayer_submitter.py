@@ -142,6 +142,43 @@ async def test_release_the_node_lost_is_resent_and_later_nonces_follow_without_a
     assert all(len(releases_on_chain(dev_chains, locked)) == 1 for _, _, locked in transfers)
 
 
+async def test_release_whose_nonce_another_transaction_took_is_dropped_at_a_later_head_and_sent_again(
+    dev_chains: DevNetwork, open_relayer: OpenRelayer
+) -> None:
+    relayer = await open_relayer(batch_size=1)
+    _, target = chains(dev_chains)
+    [(tid, recipient, locked)] = await hand_over(relayer, 1, dev_chains)
+    submitter = submitter_for(relayer)
+    await submitter.resume()
+    rpc(target, "evm_setAutomine", False)
+
+    await ticks_until(submitter, "SELECT count(*) = 1 FROM relay_txs")
+    lost, nonce = await relayer.pool.fetchrow("SELECT tx_hash, nonce FROM relay_txs")
+    # The node forgets the release and another transaction of the account takes its nonce.
+    rpc(target, "anvil_dropTransaction", lost)
+    other = target.w3.eth.account.sign_transaction(
+        {"type": 2, "chainId": target.chain_id, "nonce": nonce, "to": recipient, "value": 0, "gas": 21_000,
+         "maxFeePerGas": 10**11, "maxPriorityFeePerGas": 10**9},
+        dev_chains.submitter_key,
+    )  # fmt: skip
+    target.w3.eth.send_raw_transaction(other.raw_transaction)
+    rpc(target, "evm_mine")
+
+    # The first look below the mined count without a receipt could be a node that has not
+    # stored the new block's receipts yet (anvil answers the count first): not dropped yet.
+    await submitter.confirmer.check()
+    assert await relayer.pool.fetchval("SELECT status FROM relay_txs WHERE tx_hash = $1", lost) == "SENT"
+    rpc(target, "evm_mine")
+    rpc(target, "evm_setAutomine", True)
+
+    assert await drive(submitter, [tid], resume=False) == {tid: "RELEASED"}
+    assert await relayer.pool.fetchval("SELECT status FROM relay_txs WHERE tx_hash = $1", lost) == "DROPPED"
+    [released] = releases_on_chain(dev_chains, locked)
+    assert released != lost
+    assert balance(target, recipient) == AMOUNT
+    assert (await history(relayer.pool, tid))[-1][1:] == ("RELEASED", released)
+
+
 async def test_release_reorged_out_of_the_target_chain_is_sent_again_and_released_once(
     dev_chains: DevNetwork, open_relayer: OpenRelayer
 ) -> None:

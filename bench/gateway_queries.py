@@ -9,7 +9,8 @@ sockets on uvloop, so the client costs little and the same for both servers):
 
 The gateway runs as ``ferry gateway`` (one process). The baseline is a bare Starlette
 app in its own uvicorn process that runs the gateway's SQL through asyncpg and
-answers JSON of the same fields; its SQL is the gateway's own text:
+answers JSON of the same fields, with as many pool connections as the gateway's read
+pool; its SQL is the gateway's own text:
 ``gateway.reads.TRANSFERS_BY_ID_SQL``, and for the list what
 ``gateway.reads.transfer_page_query`` makes for the benchmarked document (``list_query``).
 Prints JSON: throughput and latency percentiles of both, their ratio, and the targets
@@ -113,7 +114,8 @@ async def page(request):
 @contextlib.asynccontextmanager
 async def lifespan(app):
     global pool
-    pool = await asyncpg.create_pool(os.environ["BARE_DSN"], min_size=10, max_size=10)
+    size = int(os.environ["BARE_POOL_SIZE"])
+    pool = await asyncpg.create_pool(os.environ["BARE_DSN"], min_size=size, max_size=size)
     yield
     await pool.close()
 
@@ -347,6 +349,7 @@ def run(transfers: int, seconds: float, *, keep: bool = False) -> dict[str, Any]
         processes.append(subprocess.Popen([sys.executable, "-m", "ferry", "gateway"], env=env, cwd=ROOT))
         bare_port = free_port()
         (workdir / "bare_app.py").write_text(BARE_APP)
+        from gateway.context import READ_POOL_SIZE
         from gateway.reads import TRANSFERS_BY_ID_SQL
 
         list_sql, list_args = list_query()
@@ -355,6 +358,7 @@ def run(transfers: int, seconds: float, *, keep: bool = False) -> dict[str, Any]
             "BARE_DSN": dsn,
             "PYTHONPATH": str(workdir),
             "BARE_ID_SQL": TRANSFERS_BY_ID_SQL,
+            "BARE_POOL_SIZE": str(READ_POOL_SIZE),  # NOTE: as many connections as the gateway
             "BARE_LIST_SQL": list_sql,
             "BARE_LIST_ARGS": json.dumps(list_args),
             "BARE_ADDRESS_SLOT": ADDRESS_SLOT,

@@ -6,10 +6,22 @@ Strictness is the point: an answer that is not well-formed JSON-RPC, or that
 belongs to another chain, raises ``RpcGarbage`` instead of flowing into the
 database. Errors never contain the endpoint URL (it may hold an API key); the
 endpoint is named by ``redact_url``.
+
+Transports: ``http://`` / ``https://`` URLs are POSTed to (httpx, one request per
+call or batch); ``ws://`` / ``wss://`` URLs speak the same JSON-RPC over one
+WebSocket connection (``_WebSocketLink``), opened on the first call and again on
+the call after it drops. Requests on it are pipelined and matched to answers by
+id (a batch by any of its ids: nodes may reorder a batch's answers). The errors
+are the same as over HTTP: a connection that fails, drops or times out raises
+``RpcUnavailable``; a message that is not JSON, or answers no request in flight
+(we never subscribe on this connection), raises ``RpcGarbage`` for every call in
+flight and closes the connection.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +30,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
 
 
 class RpcError(Exception):
@@ -49,12 +63,19 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
-#: Called after every HTTP round trip: (method, seconds, the exception raised or None).
+def is_websocket(url: str) -> bool:
+    """Whether ``url`` is a WebSocket endpoint (``ws://`` / ``wss://``)."""
+    return url.startswith(("ws://", "wss://"))
+
+
+#: Called after every round trip: (method, seconds, the exception raised or None).
 RequestObserver = Callable[[str, float, BaseException | None], None]
+#: Largest WebSocket message accepted (an eth_getLogs answer can be many MB; HTTP has no limit).
+WEBSOCKET_MAX_MESSAGE = 2**28
 
 
 class RpcClient:
-    """JSON-RPC over HTTP with optional batching. One instance per endpoint.
+    """JSON-RPC over HTTP or a WebSocket, with optional batching. One instance per endpoint.
 
     ``observer``, when given, hears of every round trip (for per-endpoint health
     metrics); it must be cheap and must not raise.
@@ -66,9 +87,12 @@ class RpcClient:
         self.observer = observer
         self._ids = itertools.count(1)
         self._http = httpx.AsyncClient(timeout=timeout, headers={"content-type": "application/json"})
+        self._websocket = _WebSocketLink(url, self.name, timeout) if is_websocket(url) else None
 
     async def close(self) -> None:
         await self._http.aclose()
+        if self._websocket is not None:
+            await self._websocket.close()
 
     async def call(self, method: str, *params: Any) -> Any:
         request = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
@@ -125,6 +149,8 @@ class RpcClient:
         return body
 
     async def _send(self, payload: Any, method: str) -> Any:
+        if self._websocket is not None:
+            return await self._websocket.send(payload, method)
         request = self._http.build_request("POST", self.url, json=payload)
         try:
             response = await self._http.send(request, stream=True)
@@ -193,6 +219,88 @@ class RpcClient:
         if not isinstance(result, list):
             raise RpcGarbage(f"{self.name}: eth_getLogs answered a {type(result).__name__}, not a list")
         return result
+
+
+class _WebSocketLink:
+    """JSON-RPC over one WebSocket connection: opened on first use, again after it drops.
+
+    Calls are pipelined: each registers its id(s) and waits for the answer carrying
+    one of them, which a reader task hands over. Anything else on the connection (not
+    JSON, or an answer to no call in flight) is garbage: every call in flight fails
+    with ``RpcGarbage`` and the connection closes, so the next call opens a fresh one.
+    """
+
+    def __init__(self, url: str, name: str, timeout: float) -> None:
+        self.url, self.name, self.timeout = url, name, timeout
+        self._socket: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._opening = asyncio.Lock()
+        self._waiting: dict[Any, asyncio.Future[Any]] = {}
+
+    async def send(self, payload: Any, method: str) -> Any:
+        ids = [r["id"] for r in payload] if isinstance(payload, list) else [payload["id"]]
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(self.timeout):
+                socket = await self._open()
+                self._waiting.update(dict.fromkeys(ids, answer))
+                await socket.send(orjson.dumps(payload).decode())
+                return await answer
+        except TimeoutError:
+            raise RpcUnavailable(self.name, f"{method} timed out") from None
+        except (OSError, WebSocketException) as exc:
+            raise RpcUnavailable(self.name, f"{method} failed: {type(exc).__name__}") from None
+        finally:
+            for request_id in ids:
+                self._waiting.pop(request_id, None)
+
+    async def _open(self) -> ClientConnection:
+        async with self._opening:
+            if self._socket is None:
+                # NOTE: proxy=None: a proxy from the environment must not carry loopback or provider traffic.
+                socket = await connect(
+                    self.url, proxy=None, open_timeout=self.timeout, max_size=WEBSOCKET_MAX_MESSAGE
+                )
+                self._socket = socket
+                self._reader = asyncio.create_task(self._read(socket))
+            return self._socket
+
+    async def _read(self, socket: ClientConnection) -> None:
+        failure: Exception = RpcUnavailable(self.name, "the WebSocket closed")
+        try:
+            async for message in socket:
+                self._answer(message)
+        except RpcGarbage as exc:
+            failure = exc
+        except (OSError, WebSocketException) as exc:
+            failure = RpcUnavailable(self.name, f"the WebSocket failed: {type(exc).__name__}")
+        if self._socket is socket:
+            self._socket = None
+        for answer in self._waiting.values():
+            if not answer.done():
+                answer.set_exception(failure)
+        await socket.close()
+
+    def _answer(self, message: str | bytes) -> None:
+        try:
+            body = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            raise RpcGarbage(f"{self.name}: malformed JSON on the WebSocket") from None
+        first = body[0] if isinstance(body, list) and body else body
+        answer = self._waiting.get(first.get("id")) if isinstance(first, dict) else None
+        if answer is None:
+            raise RpcGarbage(f"{self.name}: a WebSocket message that answers no request in flight")
+        if not answer.done():
+            answer.set_result(body)
+
+    async def close(self) -> None:
+        socket, reader, self._socket = self._socket, self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if socket is not None:
+            await socket.close()
 
 
 def _quantity(value: Any, method: str) -> int:

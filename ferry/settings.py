@@ -35,6 +35,8 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,7 +74,7 @@ class BridgeDeployment(_Strict):
 class ChainConfig(_Strict):
     id: int = Field(gt=0, description="EVM chain id")
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    rpc_urls: list[str] = Field(min_length=1)
+    rpc_urls: list[str] = Field(description="http(s):// and/or ws(s):// endpoints, tried in order")
     confirmations: int = Field(default=12, ge=1, le=10_000)
     poll_interval: float = Field(default=1.0, gt=0, le=3600)
     log_range: int = Field(default=2_000, ge=1, le=1_000_000, description="blocks per eth_getLogs call")
@@ -84,12 +86,20 @@ class ChainConfig(_Strict):
     )
     bridges: dict[str, BridgeDeployment] = Field(description="token symbol -> bridge deployment")
 
-    @model_validator(mode="after")
-    def _urls_are_rpc(self) -> ChainConfig:
-        for url in self.rpc_urls:
+    # NOTE: a field validator, not a model one: its errors are located at rpc_urls, which the
+    # error message never echoes (a model error would echo the whole chain, API keys included).
+    @field_validator("rpc_urls")
+    @classmethod
+    def _urls_are_rpc(cls, urls: list[str], info: ValidationInfo) -> list[str]:
+        if not urls:
+            raise ValueError(
+                f"chain {info.data.get('name', '?')} lists no rpc_urls: give at least one http(s):// "
+                "or ws(s):// endpoint"
+            )
+        for url in urls:
             if not re.match(r"^(https?|wss?)://", url):
                 raise ValueError("rpc_urls entries must start with http://, https://, ws:// or wss://")
-        return self
+        return urls
 
 
 class RouteConfig(_Strict):

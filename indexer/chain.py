@@ -142,7 +142,7 @@ class ChainReader:
         against the indexed tip. One batch asks for each block's logs by
         ``blockHash`` (exactly that block's logs: no re-read needed) and for the last
         block by number, which must be the hinted one: its hash commits to every block
-        below, so a hint the HTTP node does not hold as canonical (a stale branch, a
+        below, so a hint the node read from does not hold as canonical (a stale branch, a
         block it has not seen yet) is never indexed. Then, as for an error, or an empty
         answer the block's bloom contradicts: None, and the caller reads by number.
         """

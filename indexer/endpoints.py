@@ -14,9 +14,13 @@ the step went (``succeeded`` / ``failed``). Rules:
   the endpoint stays, and every call on it first waits a throttle delay that
   doubles on each limit and halves on each success.
 
-Metrics are labelled by chain and endpoint *index* (the position in ``rpc_urls``,
-counting ``ws://`` entries too, which ``indexer.heads`` follows), never by URL:
-URLs often carry API keys.
+Every entry of ``rpc_urls`` is an endpoint here, ``http(s)://`` and ``ws(s)://``
+alike (``ferry.rpc`` speaks JSON-RPC over either): a chain may list only WebSocket
+endpoints. A WebSocket endpoint also carries the ``newHeads`` subscription
+(``indexer.heads``, its own connection).
+
+Metrics are labelled by chain and endpoint *index* (the position in ``rpc_urls``),
+never by URL: URLs often carry API keys.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ class Endpoints:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.chain = chain
-        built = list(enumerate(clients)) if clients is not None else _http_clients(chain)
+        built = list(enumerate(clients)) if clients is not None else _clients(chain)
         self._endpoints = [Endpoint(i, rpc, str(position)) for i, (position, rpc) in enumerate(built)]
         self._clock = clock
         self._index = 0
@@ -180,12 +184,8 @@ class Endpoints:
         return observe
 
 
-def _http_clients(chain: ChainConfig) -> list[tuple[int, RpcClient]]:
-    """The HTTP endpoints with their positions in ``rpc_urls`` (WebSocket ones are for new heads)."""
-    urls = [(i, url) for i, url in enumerate(chain.rpc_urls) if url.startswith(("http://", "https://"))]
-    if not urls:
-        raise ConfigError(
-            f"chain {chain.name} lists only WebSocket rpc_urls; the indexer reads logs over HTTP and "
-            "follows new heads over WebSocket: add the provider's http:// or https:// endpoint too"
-        )
-    return [(i, RpcClient(url)) for i, url in urls]
+def _clients(chain: ChainConfig) -> list[tuple[int, RpcClient]]:
+    """One client per ``rpc_urls`` entry, with its position (HTTP or WebSocket: ``ferry.rpc``)."""
+    if not chain.rpc_urls:  # NOTE: the chains file's validation refuses this already
+        raise ConfigError(f"chain {chain.name} lists no rpc_urls: give at least one endpoint")
+    return [(i, RpcClient(url)) for i, url in enumerate(chain.rpc_urls)]

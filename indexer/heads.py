@@ -8,7 +8,7 @@ seconds whatever happens here. A ``ws://`` / ``wss://`` entry in a chain's
   is kept in ``recent`` and sets ``wake``, so the follower steps at once and
   reads the new block's logs by its hash in one batch request, without asking for
   the head or the headers (``ChainReader.read_hinted``, which also checks the
-  block is canonical on the HTTP node);
+  block is canonical on the endpoint it reads from);
 - the subscription only wakes the follower: the follower still reads from its
   cursor by number, so a notification lost while the socket was down (or
   dropped by the node) costs latency, never a block;
@@ -20,8 +20,10 @@ seconds whatever happens here. A ``ws://`` / ``wss://`` entry in a chain's
 - a notification for block ``n`` forgets every kept header above ``n``: the
   chain's tip went back (a reorg), those blocks are not canonical.
 
-The subscription is read here, never used for JSON-RPC calls: logs and headers
-still come through ``Endpoints`` (HTTP), with their failover.
+The subscription is read here, never used for other JSON-RPC calls: logs and
+headers come through ``Endpoints``, with their failover — over HTTP, or over a
+WebSocket endpoint's own JSON-RPC connection (``ferry.rpc``) when the chain lists
+only WebSocket endpoints.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from ferry import metrics
-from ferry.rpc import RpcGarbage, RpcUnavailable, quantity, redact_url
+from ferry.rpc import RpcGarbage, RpcUnavailable, is_websocket, quantity, redact_url
 from ferry.settings import ChainConfig
 from indexer.chain import BlockHeader, parse_header
 
@@ -53,10 +55,6 @@ GARBAGE_BACKOFF = (10.0, 600.0)
 KEEP_HEADERS = 256
 #: Seconds to open the socket, check the chain id and subscribe.
 OPEN_TIMEOUT = 5.0
-
-
-def is_websocket(url: str) -> bool:
-    return url.startswith(("ws://", "wss://"))
 
 
 @dataclass

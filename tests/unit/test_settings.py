@@ -64,6 +64,10 @@ def test_unset_variable_is_named(tmp_path: Path) -> None:
             r"chains\.1\.colour: Extra inputs are not permitted",
         ),
         (('"http://127.0.0.1:8545"', '"ftp://x"'), r"rpc_urls entries must start with http"),
+        (
+            ('["http://127.0.0.1:8545"]', "[]"),
+            r"chains\.0\.rpc_urls: .*chain one lists no rpc_urls: give at least one",
+        ),
         (("id: 2", "id: 1"), r"chain ids must be unique"),
     ],
 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -57,6 +58,15 @@ def emitter_chain(
     events: int, *, log_range: int = 2_000, workdir: Path | None = None
 ) -> Iterator[EmitterChain]:
     folder = Path(workdir or tempfile.mkdtemp(prefix="ferry-bench-"))
+    with contextlib.ExitStack() as cleanup:
+        if workdir is None:  # NOTE: a folder made here goes when the chain does
+            cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
+        with _emitting(folder, events, log_range) as chain:
+            yield chain
+
+
+@contextlib.contextmanager
+def _emitting(folder: Path, events: int, log_range: int) -> Iterator[EmitterChain]:
     with AnvilProcess.start(SOURCE, free_port(), extra_args=["--gas-limit", "100000000"]) as anvil:
         w3 = Web3(HTTPProvider(anvil.url, request_kwargs={"timeout": 120}))
         emitter = deploy_contract(w3, KEY, "TestEmitter")
@@ -90,7 +100,8 @@ def _chains_document(url: str, emitter: str, start: int, log_range: int) -> dict
 def scratch_database() -> Iterator[str]:
     admin = os.environ.get("FERRY_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     admin = urlunsplit(urlsplit(admin)._replace(path="/postgres"))
-    server = ensure_postgres(admin, Path(tempfile.mkdtemp(prefix="ferry-bench-pg-")))
+    folder = Path(tempfile.mkdtemp(prefix="ferry-bench-pg-"))
+    server = ensure_postgres(admin, folder)
     name = f"ferry_bench_{uuid.uuid4().hex[:8]}"
     try:
         with psycopg.connect(server.url, autocommit=True) as conn:
@@ -104,3 +115,4 @@ def scratch_database() -> Iterator[str]:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -314,7 +314,9 @@ class Follower:
             final = self._final_through(chain_range) if backfill else -1
             new, reappeared = await store.insert_locks(conn, chain, self.config, chain_range, final)
             new_releases = await store.insert_releases(conn, chain.id, chain_range.releases)
-            confirmed = await lifecycle.due_confirmations(conn, chain.id, head, chain_range.finalized)
+            confirmed = await lifecycle.due_confirmations(
+                conn, chain.id, head, chain_range.finalized, [d.transfer_id for d in reappeared]
+            )
             to_link = [r.transfer_id for r in chain_range.releases] + [d.transfer_id for d in new + confirmed]
             # NOTE: the release columns (link_releases) lock rows the relayer settles too, so they are
             # written last, just before the moves: nothing slow runs while those rows are locked.

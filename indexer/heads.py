@@ -101,9 +101,15 @@ class Heads:
         return cls(chain, found) if found else None
 
     async def wait(self, seconds: float) -> bool:
-        """Wait for a new head for at most ``seconds``; True when one came."""
+        """Wait for a new head for at most ``seconds``; True when one came.
+
+        A cancel always ends the wait: ``asyncio.timeout``, not ``asyncio.wait_for``, which
+        on Python 3.11 returns normally when the cancel and a new head come in the same
+        loop iteration, so a stopped follower went on following (a test waited forever).
+        """
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self.wake.wait()
         return self.wake.is_set()
 
     def hints(self) -> dict[int, BlockHeader]:

@@ -59,6 +59,7 @@ async def watch(conn: asyncpg.Connection, interval: float = RETRY) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=max(interval * 5, 5.0))
+            async with asyncio.timeout(max(interval * 5, 5.0)):  # NOTE: wait_for may swallow a cancel
+                await conn.fetchval("SELECT 1")
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return

@@ -28,17 +28,25 @@ S = TransferStatus
 
 
 async def due_confirmations(
-    conn: asyncpg.Connection, chain_id: int, head: int, finalized: int | None = None
+    conn: asyncpg.Connection,
+    chain_id: int,
+    head: int,
+    finalized: int | None = None,
+    reappearing: Sequence[str] = (),
 ) -> list[Due]:
     """PENDING transfers locked on ``chain_id`` that are final at ``head``.
 
     Final means ``confirmations_required`` blocks on top of the lock, or, when the
     chain's finality is the node's ``finalized`` tag, the lock at or below that block.
+    ``reappearing`` are ORPHANED transfers whose lock this transaction found again: they
+    return to PENDING only at its end (``reappeared``), so they are named here, or one
+    already final would stay PENDING until a later head (none may come).
     """
     rows = await conn.fetch(
         """
         SELECT id, route_id, lock_block_number FROM transfers
-         WHERE status = 'PENDING' AND source_chain_id = $1
+         WHERE (status = 'PENDING' OR (status = 'ORPHANED' AND id = ANY($4::text[])))
+           AND source_chain_id = $1
            AND CASE WHEN $3::bigint IS NULL THEN $2 - lock_block_number + 1 >= confirmations_required
                     ELSE lock_block_number <= $3::bigint END
          ORDER BY lock_block_number, lock_log_index
@@ -46,6 +54,7 @@ async def due_confirmations(
         chain_id,
         head,
         finalized,
+        list(reappearing),
     )
     return [Due(r["id"], r["route_id"], None, r["lock_block_number"]) for r in rows]
 

@@ -99,7 +99,8 @@ class ChainSupervisor:
             return
         try:
             rpc = follower.endpoints.current.client
-            head = await asyncio.wait_for(rpc.block_number(), timeout=5)
+            async with asyncio.timeout(5):  # NOTE: not wait_for: on 3.11 it can swallow a cancel
+                head = await rpc.block_number()
         except (TimeoutError, RpcError, RpcUnavailable, RpcGarbage):
             return
         follower.head = max(follower.head, head)

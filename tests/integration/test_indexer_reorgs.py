@@ -223,6 +223,45 @@ async def test_reorgs_at_every_depth_below_confirmations_never_release_an_orphan
     assert not await pool.fetchval("SELECT bool_or(paused) FROM routes")
 
 
+async def test_a_reappearing_lock_already_final_is_confirmed_by_the_step_that_reads_it_again(
+    network: DevNetwork, pool: asyncpg.Pool
+) -> None:
+    """No later head is needed: the chain may stop (or heads may only come over a quiet WebSocket)."""
+    source = network.chains[0]
+    config = network.config
+    await service.prepare_database(pool, config)
+    follower = Follower(config.chain_by_id[source.chain_id], config, pool)
+    raw = Traffic(network).signed_lock(USER[1])
+    try:
+        rpc(source, "eth_sendRawTransaction", raw)
+        await step_to_the_head(follower)
+        transfer = await pool.fetchval("SELECT id FROM transfers WHERE source_chain_id = $1", source.chain_id)
+        rpc(source, "anvil_reorg", 1, [[raw, 0]])  # NOTE: the same lock, in the new branch's block
+        rpc(source, "anvil_mine", hex(CONFIRMATIONS))  # NOTE: final at once, and no block after these
+        await step_to_the_head(follower)
+    finally:
+        await follower.close()
+
+    history = await pool.fetch(
+        "SELECT from_status, to_status FROM transfer_status_history WHERE transfer_id = $1 ORDER BY id",
+        transfer,
+    )
+    assert [(r["from_status"], r["to_status"]) for r in history] == [
+        (None, "PENDING"),
+        ("PENDING", "ORPHANED"),
+        ("ORPHANED", "PENDING"),
+        ("PENDING", "CONFIRMED"),
+    ]
+
+
+async def step_to_the_head(follower: Follower) -> None:
+    """Step until a step ends at the node's head (a rollback is not the head), and not one step more."""
+    for _ in range(20):
+        if (await follower.step()).caught_up:
+            return
+    raise AssertionError("the follower did not reach the head in 20 steps")
+
+
 async def test_a_reorg_deeper_than_confirmations_halts_the_route_and_nothing_is_released(
     network: DevNetwork,
     pool: asyncpg.Pool,

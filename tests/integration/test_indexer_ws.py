@@ -106,6 +106,31 @@ async def test_new_heads_over_websocket_wake_the_follower_without_polling(
     assert await indexed_locks(pool, source) == await locks_on_chain(source)
 
 
+async def test_a_follower_stops_when_cancelled_even_as_a_new_head_wakes_it(
+    dev_chains: DevNetwork, pool: asyncpg.Pool
+) -> None:
+    source = dev_chains.chains[0]
+    chain = chain_with(dev_chains, source.url.replace("http://", "ws://", 1), poll_interval=600)
+    follower = Follower(chain, dev_chains.config, pool)
+    assert follower.heads is not None
+    heads = follower.heads
+    task = asyncio.create_task(follower.run())
+    try:
+        await eventually(lambda: caught_up(pool, source), "the first steps")
+        await eventually(lambda: asyncio.sleep(0, heads.subscribed), "the subscription")
+        await asyncio.sleep(1)  # NOTE: the step that subscribing wakes is over: the follower now waits
+        heads.wake.set()  # NOTE: a head and the stop in the same loop iteration
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=20)
+    finally:
+        task.cancel()
+        await asyncio.wait({task}, timeout=20)
+        await follower.close()
+
+    assert done, "the cancelled follower went on following"
+    assert task.cancelled()
+
+
 async def test_when_the_websocket_dies_polling_takes_over_without_missing_a_block(
     dev_chains: DevNetwork, pool: asyncpg.Pool
 ) -> None:

@@ -162,12 +162,16 @@ class Listener:
 
     async def _watch(self, conn: asyncpg.Connection) -> None:
         """Return when the connection dies (termination callback or failed health ping)."""
+        # NOTE: asyncio.timeout, not wait_for: on Python 3.11 wait_for can return normally when
+        # its task is cancelled in the same step the awaited thing finishes (the cancel is lost)
         while True:
             try:
-                await asyncio.wait_for(self._lost.wait(), timeout=5.0)
+                async with asyncio.timeout(5.0):
+                    await self._lost.wait()
                 return
             except TimeoutError:
-                await asyncio.wait_for(conn.execute("SELECT 1"), timeout=5.0)
+                async with asyncio.timeout(5.0):
+                    await conn.execute("SELECT 1")
 
     def _deliver(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self._on_notify(payload)

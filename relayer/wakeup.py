@@ -77,7 +77,9 @@ class NotifiedLoop:
                 await self._round()
             except Exception:
                 log.exception("%s failed; retrying in %.1f s", self._name, self._interval)
+            # NOTE: asyncio.timeout, not wait_for, which can swallow a cancel on Python 3.11
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
                 if self._debounce:
                     await asyncio.sleep(self._debounce)

@@ -36,7 +36,11 @@ def _bridges(chains: ChainsConfig) -> Iterator[tuple[int, str, Web3]]:
     for chain in chains.chains:
         if chain.id not in targets:
             continue
-        w3 = Web3(HTTPProvider(chain.rpc_urls[0], request_kwargs={"timeout": 30}))
+        # NOTE: web3's contract calls here are synchronous: they need an http(s) endpoint
+        http = next((url for url in chain.rpc_urls if url.startswith(("http://", "https://"))), None)
+        if http is None:
+            raise ConfigError(f"chain {chain.name}: key rotation needs an http(s):// endpoint in rpc_urls")
+        w3 = Web3(HTTPProvider(http, request_kwargs={"timeout": 30}))
         for deployment in chain.bridges.values():
             yield chain.id, deployment.bridge, w3
 

@@ -146,3 +146,16 @@ def test_keys_rotate_without_owner_key_says_which_variable(dev_chains: DevNetwor
     )  # fmt: skip
     assert result.returncode == 2
     assert "FERRY_OWNER_KEY" in result.stderr
+
+
+def test_keys_rotate_on_a_websocket_only_target_says_it_needs_http(dev_chains: DevNetwork) -> None:
+    chains = dev_chains.config.model_copy(
+        update={
+            "chains": [
+                chain.model_copy(update={"rpc_urls": [chain.rpc_urls[0].replace("http://", "ws://")]})
+                for chain in dev_chains.config.chains
+            ]
+        }
+    )
+    with pytest.raises(ConfigError, match="needs an http"):
+        rotate_signer(chains, DEPLOYER[1], SIGNERS[0][0], NEW_SIGNER[0], settle=0)

@@ -3,8 +3,10 @@
 For one target chain the batcher groups ready transfers by target bridge, cuts
 groups into batches of at most ``batch_size``, signs each order with as many of
 the bridge's current signers as its threshold needs (M-of-N, from the keys this
-relayer holds) and asks the node to estimate the batch. ``releaseBatch`` skips
-orders already processed, so a batch never fails because of a replay.
+relayer holds) and asks the node to check the batch (``eth_call``; its gas is one
+order's estimate times its orders). ``build_round`` does this for a whole round in
+one JSON-RPC request. ``releaseBatch`` skips orders already processed, so a batch
+never fails because of a replay.
 
 When a batch would revert, each order is estimated alone to find the culprits
 (``classify_revert``): permanent refusals (bad signatures, zero amount...) are
@@ -22,6 +24,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 
@@ -105,6 +108,63 @@ class Batcher:
             return None
         keys = await self.signing_keys(bridge, good)
         return None if keys is None else await self._estimated(bridge, good, keys)
+
+    async def build_round(
+        self, chunks: Sequence[Sequence[ReadyTransfer]]
+    ) -> list[Batch | BaseException | None]:
+        """``build`` of every chunk at once, with one JSON-RPC request for the whole round.
+
+        Each batch of several orders is signed (in worker threads, side by side) and checked by
+        its own ``eth_call``; its gas is one order's ``eth_estimateGas`` times its orders, one
+        estimate per bridge and round (the first batch's first order: any one order's estimate
+        counts the transaction's base cost, an upper bound per order). All the round's calls go
+        in one request. A batch that would revert, and every batch of a bridge whose estimate
+        would revert, takes ``build``'s path (culprits sorted out order by order); legacy
+        releases and single orders take ``build`` too. Answers in ``chunks``' order: a batch,
+        None (nothing of that chunk can go) or the error that stopped it.
+        """
+        results: list[Batch | BaseException | None] = [None] * len(chunks)
+        slow: list[int] = []
+        fast: list[tuple[int, str, list[ReadyTransfer], list[bytes]]] = []
+        for index, chunk in enumerate(chunks):
+            bridge = self.bridge_of(chunk[0])
+            if bridge in self.legacy or len(chunk) == 1:
+                slow.append(index)
+                continue
+            keys = await self.signing_keys(bridge, list(chunk))
+            if keys is not None:
+                fast.append((index, bridge, list(chunk), keys))
+        # NOTE: signing is the round's largest piece of CPU work: in threads, off the event loop.
+        datas = await asyncio.gather(*(asyncio.to_thread(self.call_data, b, c, k) for _, b, c, k in fast))
+        samples: dict[str, str] = {}
+        for _, bridge, chunk, keys in fast:
+            samples.setdefault(bridge, self.call_data(bridge, chunk[:1], keys))
+        calls: list[tuple[str, list[Any]]] = [
+            ("eth_call", [{"from": self.account, "to": bridge, "data": data}, "latest"])
+            for (_, bridge, _, _), data in zip(fast, datas, strict=True)
+        ]
+        calls += [
+            ("eth_estimateGas", [{"from": self.account, "to": bridge, "data": sample}])
+            for bridge, sample in samples.items()
+        ]
+        answers = await self.rpc.batch_results(calls) if calls else []
+        gas_one = dict(zip(samples, answers[len(fast) :], strict=True))
+        for (index, bridge, chunk, _), data, checked in zip(fast, datas, answers, strict=False):
+            estimate = gas_one[bridge]
+            failure = next((a for a in (checked, estimate) if isinstance(a, RpcError)), None)
+            if failure is None:
+                gas = quantity(estimate, "eth_estimateGas") * len(chunk)
+                results[index] = Batch(bridge, chunk, data, gas)
+            elif is_revert(failure):
+                if checked is failure:
+                    self._signer_sets.pop(bridge, None)  # NOTE: a rotation may have changed the signers
+                slow.append(index)
+            else:
+                results[index] = failure
+        built = await asyncio.gather(*(self.build(chunks[i]) for i in slow), return_exceptions=True)
+        for index, batch in zip(slow, built, strict=True):
+            results[index] = batch
+        return results
 
     async def build_legacy(self, bridge: str, transfer: ReadyTransfer) -> Batch | None:
         """``releaseTokens`` for one transfer, paying its sender, signed by the bridge's one signer."""

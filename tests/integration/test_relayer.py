@@ -340,6 +340,33 @@ async def test_release_the_bridge_cannot_pay_yet_waits_and_is_retried(
     assert balance(target, recipient) == 0
 
 
+async def test_an_order_the_bridge_cannot_pay_is_left_out_and_its_batch_goes_without_it(
+    dev_chains: DevNetwork, relayer: RelayerContext
+) -> None:
+    tids = [(await locked_transfer(dev_chains, relayer.pool))[0] for _ in range(3)]
+    # The last order (a later position than the one the round's gas estimate samples) is more
+    # than the target bridge holds: the batch's check reverts, the culprit is sorted out.
+    await relayer.pool.execute("UPDATE transfers SET amount = $2 WHERE id = $1", tids[-1], 10**30)
+    for tid in tids:
+        assert await relay_transfer({CONTEXT_KEY: relayer}, tid) == "handed_over"
+    submitter = submitter_for(relayer)
+    await submitter.resume()
+
+    await submitter.tick()
+
+    assert await statuses(relayer.pool, tids) == {
+        tids[0]: "SUBMITTED",
+        tids[1]: "SUBMITTED",
+        tids[2]: "CONFIRMED",
+    }
+    carried = await relayer.pool.fetch("SELECT transfer_id FROM relay_tx_orders")
+    assert sorted(row["transfer_id"] for row in carried) == sorted(tids[:2])
+    assert await relayer.pool.fetchval("SELECT count(*) FROM relay_txs") == 1
+    last_error = await relayer.pool.fetchval("SELECT last_error FROM transfers WHERE id = $1", tids[-1])
+    assert "InsufficientLiquidity" in last_error
+    assert await drive(submitter, tids[:2], resume=False) == {tids[0]: "RELEASED", tids[1]: "RELEASED"}
+
+
 async def test_transfer_on_unconfigured_route_is_held(
     dev_chains: DevNetwork, relayer: RelayerContext
 ) -> None:

@@ -121,7 +121,10 @@ def _start_processes(
     group = ProcessGroup(env, logdir)
     group.start("indexer", "indexer", {"FERRY_METRICS_PORT": str(_port_or_free(9091))})
     group.start("relayer", "relayer", {"FERRY_METRICS_PORT": str(_port_or_free(9092))})
-    group.start("gateway", "gateway", {"FERRY_METRICS_PORT": str(settings.metrics_port)})
+    # NOTE: the gateway reads and writes as migration 0005's roles (the login user here is the
+    # server's superuser), as a deployment should: even a bug cannot write chain data
+    gateway_env = {"FERRY_METRICS_PORT": str(settings.metrics_port), "FERRY_GATEWAY_DATABASE_ROLES": "true"}
+    group.start("gateway", "gateway", gateway_env)
     return group
 
 

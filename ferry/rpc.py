@@ -101,16 +101,7 @@ class RpcClient:
 
     async def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         """Several calls in one HTTP request; results in call order; the first error raises."""
-        if not calls:
-            return []
-        requests: list[dict[str, Any]] = [
-            {"jsonrpc": "2.0", "id": next(self._ids), "method": m, "params": list(p)} for m, p in calls
-        ]
-        body = await self._post(requests, calls[0][0])
-        if not isinstance(body, list) or len(body) != len(requests):
-            raise RpcGarbage(f"{self.name}: batch answer is not a list of {len(requests)} responses")
-        by_id = {item.get("id"): item for item in body if isinstance(item, dict)}
-        return [self._result(by_id.get(r["id"]), r["id"], r["method"]) for r in requests]
+        return [self._result(answer, r["id"], r["method"]) for r, answer in await self._batch_answers(calls)]
 
     async def batch_results(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any | RpcError]:
         """Several calls in one HTTP request; each item's result, or its ``RpcError``, in call order.
@@ -119,6 +110,18 @@ class RpcClient:
         ``eth_sendRawTransaction`` where one is "already known" still reports the rest). A
         transport failure or a malformed answer raises as for ``call``.
         """
+        answers: list[Any | RpcError] = []
+        for request, answer in await self._batch_answers(calls):
+            try:
+                answers.append(self._result(answer, request["id"], request["method"]))
+            except RpcError as exc:
+                answers.append(exc)
+        return answers
+
+    async def _batch_answers(
+        self, calls: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[tuple[dict[str, Any], Any]]:
+        """Send ``calls`` as one batch; each request with the answer carrying its id (None if none)."""
         if not calls:
             return []
         requests: list[dict[str, Any]] = [
@@ -128,13 +131,7 @@ class RpcClient:
         if not isinstance(body, list) or len(body) != len(requests):
             raise RpcGarbage(f"{self.name}: batch answer is not a list of {len(requests)} responses")
         by_id = {item.get("id"): item for item in body if isinstance(item, dict)}
-        answers: list[Any | RpcError] = []
-        for request in requests:
-            try:
-                answers.append(self._result(by_id.get(request["id"]), request["id"], request["method"]))
-            except RpcError as exc:
-                answers.append(exc)
-        return answers
+        return [(request, by_id.get(request["id"])) for request in requests]
 
     async def _post(self, payload: Any, method: str) -> Any:
         if self.observer is None:

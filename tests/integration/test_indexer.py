@@ -29,7 +29,7 @@ from indexer import service
 from indexer.endpoints import Endpoints
 from indexer.follower import Follower, StepResult
 from relayer.eip712 import ReleaseOrder, sign_release_order
-from tests.support.indexing import eventually
+from tests.support.indexing import eventually, following
 
 AMOUNT = 25 * 10**18
 T = TypeVar("T")
@@ -254,13 +254,8 @@ async def test_failing_endpoints_are_rotated_away_without_leaking_their_url(
     follower = Follower(chain, config, pool, endpoints)
     transfer, _, _ = lock(dev_chains, chain_a, chain_b)
     caplog.set_level(logging.WARNING, logger="indexer")
-    task = asyncio.create_task(follower.run())
-    try:
+    async with following(follower):
         await eventually(lambda: transfer_row(pool, transfer), "the lock to be indexed")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await follower.close()
 
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert "serves chain id 31338" in text

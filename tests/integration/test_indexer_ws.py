@@ -33,7 +33,7 @@ from ferry.rpc import RpcClient
 from ferry.settings import ChainConfig
 from indexer import pruning, service
 from indexer.follower import Follower
-from tests.support.indexing import eventually, lock, locks_on_chain
+from tests.support.indexing import eventually, following, lock, locks_on_chain
 from tests.support.ws_relay import FakeHeads, TcpRelay
 
 ONE = 10**18
@@ -86,8 +86,7 @@ async def test_new_heads_over_websocket_wake_the_follower_without_polling(
     chain = chain_with(dev_chains, ws_url, poll_interval=600)  # NOTE: ten minutes: no polling in this test
     follower = Follower(chain, dev_chains.config, pool)
     assert follower.heads is not None
-    task = asyncio.create_task(follower.run())
-    try:
+    async with following(follower) as task:
         await eventually(lambda: caught_up(pool, source), "the first steps")
         await eventually(lambda: asyncio.sleep(0, follower.heads.subscribed), "the subscription")
         await asyncio.sleep(1)  # NOTE: the step that subscribing wakes is over: the follower now waits
@@ -96,10 +95,6 @@ async def test_new_heads_over_websocket_wake_the_follower_without_polling(
         for transfer in new:
             await eventually(lambda t=transfer: indexed(pool, t), "a lock woken by a new head", seconds=20)
         assert not task.done(), "the follower stopped"
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await follower.close()
 
     assert follower.heads.notifications > notified
     assert follower.reader.hinted_reads > 0, "new blocks were not read by their notified hashes"
@@ -141,35 +136,32 @@ async def test_when_the_websocket_dies_polling_takes_over_without_missing_a_bloc
     follower = Follower(chain, dev_chains.config, pool)
     assert follower.heads is not None
     heads = follower.heads
-    task = asyncio.create_task(follower.run())
     try:
-        await eventually(lambda: asyncio.sleep(0, heads.subscribed), "the subscription")
-        before = lock(dev_chains, 801 * SMALL)
-        await eventually(lambda: indexed(pool, before), "a lock while the WebSocket is up")
-        dropped = sample("ferry_rpc_errors_total", {**labels, "kind": "unavailable"})
+        async with following(follower) as task:
+            await eventually(lambda: asyncio.sleep(0, heads.subscribed), "the subscription")
+            before = lock(dev_chains, 801 * SMALL)
+            await eventually(lambda: indexed(pool, before), "a lock while the WebSocket is up")
+            dropped = sample("ferry_rpc_errors_total", {**labels, "kind": "unavailable"})
 
-        await relay.cut()
-        await eventually(lambda: asyncio.sleep(0, not heads.subscribed), "the subscription to drop")
-        during = [lock(dev_chains, (802 + i) * SMALL) for i in range(3)]
-        for transfer in during:
-            await eventually(lambda t=transfer: indexed(pool, t), "a lock found by polling")
-        assert not heads.subscribed, "the WebSocket is cut: only polling can have found these locks"
-        assert sample("ferry_rpc_errors_total", {**labels, "kind": "unavailable"}) > dropped
-        assert sample("ferry_rpc_endpoint_up", labels) == 0
+            await relay.cut()
+            await eventually(lambda: asyncio.sleep(0, not heads.subscribed), "the subscription to drop")
+            during = [lock(dev_chains, (802 + i) * SMALL) for i in range(3)]
+            for transfer in during:
+                await eventually(lambda t=transfer: indexed(pool, t), "a lock found by polling")
+            assert not heads.subscribed, "the WebSocket is cut: only polling can have found these locks"
+            assert sample("ferry_rpc_errors_total", {**labels, "kind": "unavailable"}) > dropped
+            assert sample("ferry_rpc_endpoint_up", labels) == 0
 
-        await relay.restore()
-        await eventually(lambda: asyncio.sleep(0, heads.subscribed), "the subscription again", seconds=60)
-        notified = heads.notifications
-        after = lock(dev_chains, 805 * SMALL)
-        await eventually(lambda: indexed(pool, after), "a lock after the WebSocket came back")
-        await eventually(lambda: caught_up(pool, source), "the follower at the head")
-        assert heads.notifications > notified
-        assert sample("ferry_rpc_endpoint_up", labels) == 1
-        assert not task.done(), "the follower stopped"
+            await relay.restore()
+            await eventually(lambda: asyncio.sleep(0, heads.subscribed), "the subscription again", seconds=60)
+            notified = heads.notifications
+            after = lock(dev_chains, 805 * SMALL)
+            await eventually(lambda: indexed(pool, after), "a lock after the WebSocket came back")
+            await eventually(lambda: caught_up(pool, source), "the follower at the head")
+            assert heads.notifications > notified
+            assert sample("ferry_rpc_endpoint_up", labels) == 1
+            assert not task.done(), "the follower stopped"
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await follower.close()
         await relay.cut()
 
     assert await indexed_locks(pool, source) == await locks_on_chain(source)
@@ -187,24 +179,22 @@ async def test_garbage_on_the_websocket_counts_against_its_endpoint_and_polling_
     before = sample("ferry_rpc_errors_total", labels)
     http_before = sample("ferry_rpc_errors_total", {**labels, "endpoint": "0"})
     follower = Follower(chain, dev_chains.config, pool)
-    task = asyncio.create_task(follower.run())
     try:
-        await eventually(lambda: asyncio.sleep(0, fake.connections > 0), "the subscription attempt")
-        transfer = lock(dev_chains, 900 * SMALL)
-        await eventually(lambda: indexed(pool, transfer), "a lock found by polling")
-        await eventually(
-            lambda: asyncio.sleep(0, sample("ferry_rpc_errors_total", labels) > before), "the garbage count"
-        )
-        assert sample("ferry_rpc_endpoint_up", {"chain": chain.name, "endpoint": "1"}) == 0
-        assert follower.heads is not None
-        assert not follower.heads.subscribed
-        assert sample("ferry_rpc_errors_total", {**labels, "endpoint": "0"}) == http_before, (
-            "the WebSocket's garbage was counted against the HTTP endpoint"
-        )
+        async with following(follower):
+            await eventually(lambda: asyncio.sleep(0, fake.connections > 0), "the subscription attempt")
+            transfer = lock(dev_chains, 900 * SMALL)
+            await eventually(lambda: indexed(pool, transfer), "a lock found by polling")
+            await eventually(
+                lambda: asyncio.sleep(0, sample("ferry_rpc_errors_total", labels) > before),
+                "the garbage count",
+            )
+            assert sample("ferry_rpc_endpoint_up", {"chain": chain.name, "endpoint": "1"}) == 0
+            assert follower.heads is not None
+            assert not follower.heads.subscribed
+            assert sample("ferry_rpc_errors_total", {**labels, "endpoint": "0"}) == http_before, (
+                "the WebSocket's garbage was counted against the HTTP endpoint"
+            )
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await follower.close()
         await fake.stop()
 
     assert await indexed_locks(pool, source) == await locks_on_chain(source)
@@ -238,8 +228,7 @@ async def follow_through_a_reorg(own_network: DevNetwork, pool: asyncpg.Pool) ->
     follower = Follower(chain, own_network.config, pool)
     assert follower.heads is not None
     heads = follower.heads
-    task = asyncio.create_task(follower.run())
-    try:
+    async with following(follower) as task:
         await eventually(lambda: asyncio.sleep(0, heads.subscribed), "the subscription")
         await asyncio.sleep(1)
         dropped = lock(own_network, 11 * ONE)
@@ -257,10 +246,6 @@ async def follow_through_a_reorg(own_network: DevNetwork, pool: asyncpg.Pool) ->
             "the lock on the new branch to be CONFIRMED",
         )
         assert not task.done(), "the follower stopped"
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await follower.close()
 
     assert follower.reader.hinted_reads > 0
     assert await pool.fetchval("SELECT count(*) FROM reorgs WHERE chain_id = $1", source.chain_id) == 1

@@ -27,7 +27,7 @@ from ferry.rpc import RpcClient, RpcGarbage, RpcUnavailable, redact_url
 from ferry.settings import ChainConfig
 from indexer import service
 from indexer.follower import Follower
-from tests.support.indexing import eventually, lock, locks_on_chain
+from tests.support.indexing import eventually, following, lock, locks_on_chain
 from tests.support.ws_relay import TcpRelay
 
 #: Locks on the session's shared chains stay small: other tests lock from the same balance.
@@ -134,8 +134,7 @@ async def test_a_chain_with_only_a_websocket_endpoint_is_indexed_and_followed(
     chain = only(dev_chains, ws_url(source), poll_interval=600)
     follower = Follower(chain, dev_chains.config, ws_pool)
     assert follower.heads is not None
-    task = asyncio.create_task(follower.run())
-    try:
+    async with following(follower) as task:
         await eventually(lambda: caught_up(ws_pool, source), "the backfill over the WebSocket")
         await eventually(lambda: asyncio.sleep(0, follower.heads.subscribed), "the subscription")
         new = [lock(dev_chains, (1100 + i) * SMALL) for i in range(3)]
@@ -143,10 +142,6 @@ async def test_a_chain_with_only_a_websocket_endpoint_is_indexed_and_followed(
             await eventually(lambda t=transfer: indexed(ws_pool, t), "a lock woken by a new head", seconds=20)
         assert not task.done(), "the follower stopped"
         assert follower.endpoints.current_name == redact_url(ws_url(source))
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await follower.close()
 
     assert follower.reader.hinted_reads > 0, "new blocks were not read by their notified hashes"
     assert await indexed_locks(ws_pool, source) == await locks_on_chain(source)
@@ -160,23 +155,20 @@ async def test_a_websocket_endpoint_that_dies_fails_over_to_the_next_one(
     chain = only(dev_chains, relay.ws_url, ws_url(source), poll_interval=0.5)
     unavailable = errors(chain.name, "0", "unavailable")
     follower = Follower(chain, dev_chains.config, ws_pool)
-    task = asyncio.create_task(follower.run())
     try:
-        before = lock(dev_chains, 1200 * SMALL)
-        await eventually(lambda: indexed(ws_pool, before), "a lock over the first WebSocket")
-        assert follower.endpoints.current_name == redact_url(relay.ws_url)
+        async with following(follower) as task:
+            before = lock(dev_chains, 1200 * SMALL)
+            await eventually(lambda: indexed(ws_pool, before), "a lock over the first WebSocket")
+            assert follower.endpoints.current_name == redact_url(relay.ws_url)
 
-        await relay.cut()
-        during = [lock(dev_chains, (1201 + i) * SMALL) for i in range(3)]
-        for transfer in during:
-            await eventually(lambda t=transfer: indexed(ws_pool, t), "a lock over the second WebSocket")
-        assert follower.endpoints.current_name == redact_url(ws_url(source))
-        assert errors(chain.name, "0", "unavailable") > unavailable
-        assert not task.done(), "the follower stopped"
+            await relay.cut()
+            during = [lock(dev_chains, (1201 + i) * SMALL) for i in range(3)]
+            for transfer in during:
+                await eventually(lambda t=transfer: indexed(ws_pool, t), "a lock over the second WebSocket")
+            assert follower.endpoints.current_name == redact_url(ws_url(source))
+            assert errors(chain.name, "0", "unavailable") > unavailable
+            assert not task.done(), "the follower stopped"
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await follower.close()
         await relay.cut()
 
     assert await indexed_locks(ws_pool, source) == await locks_on_chain(source)

@@ -1,9 +1,11 @@
-"""Helpers the indexer tests share: lock on the first dev chain, read its locks, wait for a probe."""
+"""Helpers the indexer tests share: lock on the first dev chain, read its locks, wait for a probe,
+run a follower for the length of a block."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from ferry.contracts import TOKENS_LOCKED_TOPIC
@@ -12,6 +14,7 @@ from ferry.devstack import DevChain, DevNetwork
 from ferry.domain import transfer_id
 from ferry.rpc import RpcClient
 from indexer.decode import LockEvent, decode_log
+from indexer.follower import Follower
 
 T = TypeVar("T")
 
@@ -50,3 +53,15 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, second
             return value
         await asyncio.sleep(0.1)
     raise AssertionError(f"gave up waiting for {what}")
+
+
+@contextlib.asynccontextmanager
+async def following(follower: Follower) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``follower`` in a task for the block; then cancel it, wait for it and close it."""
+    task = asyncio.create_task(follower.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await follower.close()

@@ -10,7 +10,7 @@ when every root field of a query
 - is in ``ROOT_READS`` (``transfer``, ``transfers``): the same function the
   resolver runs, called with the arguments coerced by graphql-core
   (``get_variable_values``, ``get_argument_values``) and converted as Strawberry's
-  ``convert_arguments`` does, by a converter compiled once per root field
+  ``convert_arguments`` does, by a converter compiled with the plan
   (``gateway.conversion``);
 - carries no field extension, and its whole selection is plannable
   (``PlannedExecution.value_reader``: plain fields, no resolvers below the root);
@@ -67,8 +67,6 @@ def _read_transfers(gateway: Gateway, arguments: dict[str, Any]) -> Awaitable[An
 
 #: Root fields with a direct read, by GraphQL name.
 ROOT_READS: dict[str, RootRead] = {"transfer": _read_transfer, "transfers": _read_transfers}
-#: Their argument converters, compiled on first use.
-_CONVERTERS: dict[str, ArgumentsConverter] = {}
 
 
 class PlanCounts:
@@ -166,9 +164,7 @@ def compile_plan(
         complete = context.value_reader(field.type, field_details_list)
         if complete is None:
             return None
-        convert = _CONVERTERS.get(node.name.value)
-        if convert is None:
-            convert = _CONVERTERS[node.name.value] = compile_arguments(definition.arguments)
+        convert = compile_arguments(definition.arguments)
         roots.append(PlannedRoot(response_name, field, node, convert, read, complete))
     if not roots:
         return None

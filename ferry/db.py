@@ -17,13 +17,14 @@ by PostgreSQL's design; the database, not the notification, is the source of tru
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+
+from ferry.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +131,7 @@ class Listener:
         await self._connected.wait()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         delay = 0.1

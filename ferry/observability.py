@@ -25,7 +25,6 @@ addresses or hashes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -33,6 +32,7 @@ from typing import Any, TypeVar
 from ferry import metrics
 from ferry.domain import TransferStatus
 from ferry.settings import ChainsConfig
+from ferry.tasks import stop_task
 
 T = TypeVar("T")
 
@@ -75,9 +75,7 @@ async def with_event_loop_watch(main: Coroutine[Any, Any, T]) -> T:
     try:
         return await main
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        await stop_task(watcher)
 
 
 #: Statuses each process moves transfers into (ferry_transfer_transitions_total).

@@ -21,7 +21,6 @@ flight and closes the connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +31,8 @@ import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
+
+from ferry.tasks import stop_task
 
 
 class RpcError(Exception):
@@ -292,10 +293,7 @@ class _WebSocketLink:
 
     async def close(self) -> None:
         socket, reader, self._socket = self._socket, self._reader, None
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        await stop_task(reader)
         if socket is not None:
             await socket.close()
 

@@ -48,6 +48,7 @@ import asyncpg
 from ferry import metrics
 from ferry.db import Listener
 from ferry.domain import CHANGES_CHANNEL
+from ferry.tasks import stop_task
 from gateway import reads
 from gateway.errors import SubscriberTooSlow, UserError
 from gateway.paging import TransferFilter
@@ -183,10 +184,7 @@ class ChangeFeed:
         self._fetcher = asyncio.create_task(self._fetch_forever(), name="gateway:change-feed")
 
     async def stop(self) -> None:
-        if self._fetcher is not None:
-            self._fetcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._fetcher
+        await stop_task(self._fetcher)
         await self._listener.stop()
 
     @contextlib.contextmanager

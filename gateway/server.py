@@ -27,6 +27,7 @@ from starlette.types import ASGIApp
 
 from ferry import observability
 from ferry.settings import Settings
+from ferry.tasks import stop_task
 from gateway.app import create_app, graphql_app, health_app
 from gateway.context import Gateway
 
@@ -141,13 +142,11 @@ def _restore_signals() -> None:
 async def _unless_stopping(starting: Awaitable[None], stopping: asyncio.Event) -> bool:
     """Await ``starting`` unless a stop is asked first; True when it finished."""
     start_task = asyncio.ensure_future(starting)
-    stop_task = asyncio.ensure_future(stopping.wait())
-    await asyncio.wait({start_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-    stop_task.cancel()
+    stop_asked = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait({start_task, stop_asked}, return_when=asyncio.FIRST_COMPLETED)
+    stop_asked.cancel()
     if start_task.done():
         start_task.result()
         return not stopping.is_set()
-    start_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await start_task
+    await stop_task(start_task)
     return False

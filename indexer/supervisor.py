@@ -64,7 +64,8 @@ class ChainSupervisor:
             finally:
                 metrics.INDEXER_LEADER.labels(chain=name).set(0)
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), timeout=2)
+                    async with asyncio.timeout(2):
+                        await conn.close()
             log.warning(
                 "chain %s: lost its leader lock; standing by", name, extra={"chain_id": self.chain.id}
             )

@@ -180,7 +180,8 @@ async def lease(dsn: str, key: int) -> AsyncIterator[asyncpg.Connection | None]:
         yield conn if held else None
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.close(), 5)
+            async with asyncio.timeout(5):
+                await conn.close()
         conn.terminate()
 
 
@@ -278,7 +279,8 @@ class ChainSubmitter:
         while True:
             if conn.is_closed():
                 raise LostLease("the advisory lock's connection closed")
-            await asyncio.wait_for(conn.fetchval("SELECT 1"), 5)
+            async with asyncio.timeout(5):
+                await conn.fetchval("SELECT 1")
             await asyncio.sleep(LEASE_CHECK_SECONDS)
 
     async def follow_loop(self) -> None:
@@ -297,7 +299,8 @@ class ChainSubmitter:
             # MIN_ROUND_SECONDS apart (partial batches linger anyway).
             await asyncio.sleep(MIN_ROUND_SECONDS)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), max(wait - MIN_ROUND_SECONDS, 0))
+                async with asyncio.timeout(max(wait - MIN_ROUND_SECONDS, 0)):
+                    await self.wake.wait()
             self.wake.clear()
 
     async def price_loop(self) -> None:

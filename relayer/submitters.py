@@ -10,11 +10,11 @@ over; one LISTEN connection wakes the right submitter at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from ferry.db import Listener
 from ferry.settings import ChainsConfig, ConfigError
+from ferry.tasks import stop_task
 from relayer.context import RelayerContext
 from relayer.submitter import READY_CHANNEL, ChainSubmitter
 
@@ -58,7 +58,8 @@ class Submitters:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        await asyncio.wait_for(self._listener.start(), LISTEN_TIMEOUT_SECONDS)
+        async with asyncio.timeout(LISTEN_TIMEOUT_SECONDS):
+            await self._listener.start()
         for chain_id, submitter in self.by_chain.items():
             self._tasks.append(asyncio.create_task(submitter.run(), name=f"relayer-submitter-{chain_id}"))
 
@@ -66,8 +67,7 @@ class Submitters:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         await self._listener.stop()
 
     def _on_notify(self, payload: str) -> None:

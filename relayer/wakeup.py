@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from ferry.db import Listener
+from ferry.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class NotifiedLoop:
         self._later: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
-        await asyncio.wait_for(self._listener.start(), LISTEN_TIMEOUT_SECONDS)
+        async with asyncio.timeout(LISTEN_TIMEOUT_SECONDS):
+            await self._listener.start()
         self._task = asyncio.create_task(self._run(), name=self._name)
 
     def again_after(self, delay: float) -> None:
@@ -58,10 +60,7 @@ class NotifiedLoop:
     async def stop(self) -> None:
         if self._later is not None:
             self._later.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         await self._listener.stop()
 
     def _on_notify(self, _payload: str) -> None:

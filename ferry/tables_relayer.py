@@ -106,17 +106,11 @@ class RelayNote(SQLModel, table=True):
     )
 
 
-# NOTE: indexes on the shared transfers table that only the relayer's limit checks
-# use (the per-sender hourly count and the per-route daily volume); declared here so
-# the relayer's migration owns them.
+# NOTE: the index on the shared transfers table that the relayer's limit checks use
+# for the per-route daily volume; declared here so the relayer's migration owns it.
+# The per-sender hourly count uses the gateway's transfers_sender_time_idx (migration 0011).
 from ferry.tables import Transfer  # noqa: E402
 
-sa.Index(
-    "transfers_limits_sender_idx",
-    Transfer.__table__.c.route_id,  # type: ignore[attr-defined]
-    Transfer.__table__.c.sender,  # type: ignore[attr-defined]
-    Transfer.__table__.c.lock_block_time,  # type: ignore[attr-defined]
-)
 sa.Index(
     "transfers_limits_route_time_idx",
     Transfer.__table__.c.route_id,  # type: ignore[attr-defined]

@@ -63,7 +63,7 @@ COMMITS_IN_FLIGHT = 2
 #: Ranges fetched or being committed at once, at most.
 BACKFILL_CONCURRENCY = 4
 #: Logs fetched or being committed at once, at most (about; it bounds the memory, in both phases).
-LOGS_IN_FLIGHT = 4_000
+LOGS_IN_FLIGHT = 8_000
 #: Logs per eth_getLogs answer the range sizing aims at: a few ranges fit the budget.
 TARGET_LOGS = LOGS_IN_FLIGHT // 4
 #: Seconds a range's transaction waits for the range before it to commit (``store.advance_cursor``).

@@ -12,6 +12,7 @@ between two calls raises ``ChainMoved`` so the step is simply retried.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: Headers fetched per JSON-RPC batch request.
 HEADER_BATCH = 100
+#: Logs decoded between two yields to the event loop: a range's commit (on the same loop) is not
+#: kept waiting for its next statement while a big answer is decoded.
+DECODE_SLICE = 128
 #: Blocks beyond twice the confirmations whose headers are kept dense near the head.
 DENSE_MARGIN = 16
 #: Most blocks read by their hinted hashes in one step (more: the regular path by number).
@@ -110,7 +114,7 @@ class ChainReader:
         raw_logs = await rpc.get_logs(
             self._bridges, [[TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC]], first, last
         )
-        events = [self._decode(raw, first, last) for raw in raw_logs if not _removed(raw)]
+        events = await self._decode_all(raw_logs, first, last)
         del raw_logs  # NOTE: as in read_between
         dense_from = max(first, head - self.dense_window + 1)
         numbers = {e.block_number for e in events} | {first, last} | set(range(dense_from, last + 1))
@@ -191,7 +195,7 @@ class ChainReader:
         raw_logs = await rpc.get_logs(
             self._bridges, [[TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC]], first, last
         )
-        events = [self._decode(raw, first, last) for raw in raw_logs if not _removed(raw)]
+        events = await self._decode_all(raw_logs, first, last)
         del raw_logs  # NOTE: the parsed answer weighs more than its events: not kept while headers come
         headers = await self._headers(rpc, sorted({e.block_number for e in events} | {first, last}))
         _check_same_blocks(events, headers)
@@ -235,6 +239,19 @@ class ChainReader:
     async def header(self, rpc: RpcClient, number: int) -> BlockHeader:
         """One block header from ``rpc`` (RpcGarbage when the node does not have it)."""
         return (await self._headers(rpc, [number]))[number]
+
+    async def _decode_all(self, raw_logs: list[Any], first: int, last: int) -> list[BridgeEvent]:
+        """``raw_logs`` decoded, ``DECODE_SLICE`` at a time with a yield to the event loop between."""
+        events: list[BridgeEvent] = []
+        for start in range(0, len(raw_logs), DECODE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            events += [
+                self._decode(raw, first, last)
+                for raw in raw_logs[start : start + DECODE_SLICE]
+                if not _removed(raw)
+            ]
+        return events
 
     def _decode(self, raw: Any, first: int, last: int) -> BridgeEvent:
         if not isinstance(raw, dict):

@@ -484,12 +484,16 @@ async def test_worker_releases_from_the_database_across_redis_flush_and_kill(
     assert group.processes["relayer-2"].returncode == 0, "SIGTERM must stop the relayer cleanly"
     assert balance(target, second_recipient) == AMOUNT
     assert balance(target, third_recipient) == AMOUNT
-    sent = await relayer.pool.fetchval(
-        "SELECT x.tx_hash FROM relay_txs AS x JOIN relay_tx_orders AS o ON o.tx_id = x.id"
+    # NOTE: the version that was mined: relayer-2 may also have re-priced the release left in
+    # flight (same nonce, a new hash in relay_txs.tx_hash) before the block took the first one.
+    sent = await relayer.pool.fetch(
+        "SELECT x.mined_hash, t.release_tx_hash FROM relay_txs AS x"
+        " JOIN relay_tx_orders AS o ON o.tx_id = x.id JOIN transfers AS t ON t.id = o.transfer_id"
         " WHERE o.transfer_id = $1",
         second,
     )
-    assert releases_on_chain(dev_chains, second_lock) == [sent]
+    assert [tuple(row) for row in sent] == [(sent[0]["mined_hash"], sent[0]["mined_hash"])]
+    assert releases_on_chain(dev_chains, second_lock) == [sent[0]["mined_hash"]]
     timeline = [h[:2] for h in await history(relayer.pool, second)]
     assert timeline[:3] == [(None, "CONFIRMED"), ("CONFIRMED", "SUBMITTED"), ("SUBMITTED", "RELEASED")]
     assert timeline[3:] in ([], [("RELEASED", "FINALIZED")]), "later blocks may already finalize it"

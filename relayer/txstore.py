@@ -17,6 +17,7 @@ the submitter relies on are enforced here, in the database:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -72,7 +73,8 @@ class TxRow:
     block_hash: str | None
     mined_hash: str | None
     transfer_ids: list[str]
-    sent_at: float = 0.0  # NOTE: event-loop time of the last broadcast, kept in memory only
+    #: Event-loop time of the last broadcast (a row read back gets it from relay_txs.sent_at).
+    sent_at: float = 0.0
 
     @property
     def hashes(self) -> list[str]:
@@ -131,14 +133,18 @@ _TX_COLUMNS = """
     x.raw_tx, x.max_fee_per_gas, x.max_priority_fee_per_gas, x.replacements, x.status, x.block_number,
     x.block_hash, x.mined_hash,
     ARRAY(SELECT o.transfer_id FROM relay_tx_orders AS o WHERE o.tx_id = x.id ORDER BY o.transfer_id)
-        AS transfer_ids
+        AS transfer_ids,
+    greatest(extract(epoch FROM clock_timestamp() - x.sent_at), 0)::float8 AS sent_ago
 """
 
 
 def _tx(row: Any) -> TxRow:
     values = dict(row)
     fees = Fees(int(values.pop("max_fee_per_gas")), int(values.pop("max_priority_fee_per_gas")))
-    return TxRow(fees=fees, **values)
+    # NOTE: the last broadcast's age, from the database's clock, on this process's event-loop clock:
+    # a restart must not make every release left in flight look overdue for re-pricing.
+    sent_at = asyncio.get_running_loop().time() - values.pop("sent_ago")
+    return TxRow(fees=fees, sent_at=sent_at, **values)
 
 
 async def open_txs(pool: asyncpg.Pool, chain_id: int, account: str) -> list[TxRow]:

@@ -115,6 +115,35 @@ async def test_stuck_release_is_replaced_with_higher_fees_and_mined_with_the_sam
     assert (await history(relayer.pool, tid))[-1][1:] == ("RELEASED", row["tx_hash"])
 
 
+async def test_a_restart_re_prices_only_the_releases_in_flight_longer_than_replace_after(
+    dev_chains: DevNetwork, open_relayer: OpenRelayer
+) -> None:
+    """A new process resumes with each open release's broadcast age from the database.
+
+    It used to start every release it read back at age "forever", so a restart re-priced
+    (and paid more for) everything in flight at once, however recently it was sent.
+    """
+    relayer = await open_relayer(batch_size=1, replace_after=30)
+    _, target = chains(dev_chains)
+    await hand_over(relayer, 2, dev_chains)
+    submitter = submitter_for(relayer)
+    await submitter.resume()
+    rpc(target, "evm_setAutomine", False)
+    await ticks_until(submitter, "SELECT count(*) = 2 FROM relay_txs")
+    # As far as the database knows, the first went out an hour ago, the second just now.
+    await relayer.pool.execute(
+        "UPDATE relay_txs SET sent_at = now() - interval '1 hour'"
+        " WHERE nonce = (SELECT min(nonce) FROM relay_txs)"
+    )
+
+    restarted = submitter_for(relayer)
+    await restarted.resume()
+    await restarted.confirmer.reprice()
+
+    rows = await relayer.pool.fetch("SELECT replacements FROM relay_txs ORDER BY nonce")
+    assert [row["replacements"] for row in rows] == [1, 0]
+
+
 async def test_release_the_node_lost_is_resent_and_later_nonces_follow_without_a_gap(
     dev_chains: DevNetwork, open_relayer: OpenRelayer
 ) -> None:

@@ -35,7 +35,6 @@ exact ledger (``analytics.daily_volume``).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -255,9 +254,13 @@ async def _insert_created(conn: asyncpg.Connection, created: Created) -> list[as
     # counted at C speed, and escaped one by one only if one ever does
     if text.count("\t") != 2 * rows or text.count("\n") != rows or "\\" in text or "\r" in text:
         text = "".join(f"{_copy_text(i)}\t{_copy_text(s)}{tail}" for i, s in zip(*created, strict=True))
+    # NOTE: a memoryview (a buffer, sent as is), not a file object, which asyncpg reads through the
+    # default thread pool: a hop through the event loop per read, that kept the history COPY (and
+    # its transaction) open many times longer than its own work under a busy loop (a backfill).
+    # Not plain bytes either: asyncpg takes bytes for a file name (os.fspath accepts them).
     await conn.copy_to_table(
         "transfer_status_history",
-        source=io.BytesIO(text.encode()),
+        source=memoryview(text.encode()),
         columns=("transfer_id", "to_status", "created_at"),
     )
     return await _written(conn, rows)

@@ -232,6 +232,8 @@ class _WebSocketLink:
         self.url, self.name, self.timeout = url, name, timeout
         self._socket: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
+        #: The connection the reader task reads (and closes when it ends); kept past ``_socket``.
+        self._reading: ClientConnection | None = None
         self._opening = asyncio.Lock()
         self._waiting: dict[Any, asyncio.Future[Any]] = {}
 
@@ -259,7 +261,7 @@ class _WebSocketLink:
                 socket = await connect(
                     self.url, proxy=None, open_timeout=self.timeout, max_size=WEBSOCKET_MAX_MESSAGE
                 )
-                self._socket = socket
+                self._socket = self._reading = socket
                 self._reader = asyncio.create_task(self._read(socket))
             return self._socket
 
@@ -292,7 +294,11 @@ class _WebSocketLink:
             answer.set_result(body)
 
     async def close(self) -> None:
-        socket, reader, self._socket = self._socket, self._reader, None
+        # NOTE: the reader's connection, not ``_socket``: a reader whose connection dropped has already
+        # cleared ``_socket`` and may be cancelled here in the middle of closing it; closing it again
+        # finishes the job (else its transport is left open).
+        socket, reader = self._reading, self._reader
+        self._socket = self._reading = self._reader = None
         await stop_task(reader)
         if socket is not None:
             await socket.close()

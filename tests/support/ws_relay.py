@@ -49,16 +49,23 @@ class TcpRelay:
         await self.start()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # NOTE: the client's side is registered before the upstream connection opens, so a cut() in
+        # between closes it too; every side is aborted however this ends (cut, cancel, error).
+        sides = [writer]
+        self._writers.add(writer)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            sides.append(up_writer)
+            if writer not in self._writers:
+                return  # NOTE: cut while the upstream connection opened
+            self._writers.add(up_writer)
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
         except OSError:
-            writer.transport.abort()
             return
-        self._writers |= {writer, up_writer}
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
-        for side in (writer, up_writer):
-            self._writers.discard(side)
-            side.transport.abort()
+        finally:
+            for side in sides:
+                self._writers.discard(side)
+                side.transport.abort()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

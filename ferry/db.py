@@ -94,6 +94,16 @@ async def create_pool(
     return pool
 
 
+def copy_text(value: str | None) -> str:
+    """``value`` as a field of COPY's text format: backslash, tab and line breaks escaped, ``\\N`` for NULL."""
+    if value is None:
+        return "\\N"
+    return value.translate(_COPY_ESCAPES)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
 class DatabaseUnavailable(Exception):
     """PostgreSQL cannot be reached; the message never contains the URL or password."""
 

@@ -42,6 +42,7 @@ from typing import NamedTuple
 import asyncpg
 
 from ferry import metrics
+from ferry.db import copy_text
 from ferry.domain import ALLOWED_FROM, CHANGES_CHANNEL, TransferStatus
 
 #: Arbitrary constant key of the advisory lock that orders history inserts.
@@ -253,7 +254,7 @@ async def _insert_created(conn: asyncpg.Connection, created: Created) -> list[as
     # NOTE: transfer ids (chain:bridge:nonce) and states never hold COPY's special characters;
     # counted at C speed, and escaped one by one only if one ever does
     if text.count("\t") != 2 * rows or text.count("\n") != rows or "\\" in text or "\r" in text:
-        text = "".join(f"{_copy_text(i)}\t{_copy_text(s)}{tail}" for i, s in zip(*created, strict=True))
+        text = "".join(f"{copy_text(i)}\t{copy_text(s)}{tail}" for i, s in zip(*created, strict=True))
     # NOTE: a memoryview (a buffer, sent as is), not a file object, which asyncpg reads through the
     # default thread pool: a hop through the event loop per read, that kept the history COPY (and
     # its transaction) open many times longer than its own work under a busy loop (a backfill).
@@ -267,13 +268,6 @@ async def _insert_created(conn: asyncpg.Connection, created: Created) -> list[as
 
 
 _STATES = frozenset(status.value for status in TransferStatus)
-
-
-def _copy_text(value: str) -> str:
-    return value.translate(_COPY_ESCAPES)
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 async def _copy_history(conn: asyncpg.Connection, changes: Sequence[Change]) -> list[asyncpg.Record]:

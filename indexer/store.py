@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import asyncpg
 
+from ferry.db import copy_text
 from ferry.domain import TransferStatus
 from ferry.settings import ChainConfig, ChainsConfig, route_id
 from indexer.chain import BlockHeader, ChainRange
@@ -374,7 +375,7 @@ async def _copy_chunks(
             token = _token_of(config, chain.id, lock.bridge)
             route = route_id(token, chain.id, lock.target_chain_id)
             bridge = _target_bridge(config, token, chain.id, lock)
-            target = (route, f"{_copy_text(route)}\t{_copy_text(token)}", _copy_text(bridge))
+            target = (route, f"{copy_text(route)}\t{copy_text(token)}", copy_text(bridge))
             if bridge is not None:  # NOTE: not cached when unrouted, so each such lock is logged
                 targets[key] = target
         block = lock.block_number
@@ -394,16 +395,6 @@ async def _copy_chunks(
             lines.clear()
     if lines:
         yield "".join(lines).encode()
-
-
-def _copy_text(value: str | None) -> str:
-    """``value`` as a field of COPY's text format (``\\N`` for NULL)."""
-    if value is None:
-        return "\\N"
-    return value.translate(_COPY_ESCAPES)
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 async def _displace_orphans(conn: asyncpg.Connection, chain_id: int, locks: Sequence[LockEvent]) -> None:

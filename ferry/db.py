@@ -95,7 +95,7 @@ async def create_pool(
 
 
 def copy_text(value: str | None) -> str:
-    """``value`` as a field of COPY's text format: backslash, tab and line breaks escaped, ``\\N`` for NULL."""
+    """``value`` as a field of COPY's text format: backslash, tab, line breaks escaped; ``\\N`` for NULL."""
     if value is None:
         return "\\N"
     return value.translate(_COPY_ESCAPES)

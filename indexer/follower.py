@@ -312,7 +312,7 @@ class Follower:
         async with self.pool.acquire() as conn, conn.transaction():
             await store.record_blocks(conn, chain.id, chain_range.headers.values())
             final = self._final_through(chain_range) if backfill else -1
-            new, reappeared = await store.insert_locks(conn, chain, self.config, chain_range, final)
+            new, reappeared, tally = await store.insert_locks(conn, chain, self.config, chain_range, final)
             new_releases = await store.insert_releases(conn, chain.id, chain_range.releases)
             confirmed = await lifecycle.due_confirmations(
                 conn, chain.id, head, chain_range.finalized, [d.transfer_id for d in reappeared]
@@ -342,7 +342,7 @@ class Follower:
                 conn,
                 lifecycle.reappeared(reappeared) + lifecycle.moves(confirmed, released, finalized),
                 created=() if bulk else [(d.transfer_id, TransferStatus(d.status or "PENDING")) for d in new],
-                bulk=_created(new) if bulk else None,
+                bulk=_created(new, tally) if bulk else None,
             )
         routes = {d.transfer_id: d.route_id for d in (*reappeared, *confirmed, *released, *finalized)}
         routes.update((d.transfer_id, d.route_id) for d in (() if bulk else new))
@@ -414,8 +414,8 @@ class Follower:
         return backoff.next()
 
 
-def _created(new: list[store.Due]) -> transitions.Created:
-    return transitions.Created([d.transfer_id for d in new], [d.status or "PENDING" for d in new])
+def _created(new: list[store.Due], tally: list[transitions.Tally] | None) -> transitions.Created:
+    return transitions.Created([d.transfer_id for d in new], [d.status or "PENDING" for d in new], tally)
 
 
 def _announce(changes: list[Change], routes: dict[str, str], created: int = 0) -> None:

@@ -27,6 +27,7 @@ import asyncpg
 from ferry.db import copy_text
 from ferry.domain import TransferStatus
 from ferry.settings import ChainConfig, ChainsConfig, route_id
+from ferry.transitions import Tally
 from indexer.chain import BlockHeader, ChainRange
 from indexer.decode import LockEvent, ReleaseEvent
 from indexer.reconcile import BlockRef
@@ -68,6 +69,22 @@ class Cursor:
 
     block: int
     hash: str | None
+
+
+#: Rows and amounts per ((route label, token), status) of COPYed locks (``_copy_chunks``, ``_tally``).
+_Sums = dict[tuple[tuple[str, str], str], list[int]]
+
+
+class Inserted(NamedTuple):
+    """What ``insert_locks`` did: new transfers, ORPHANED ones whose lock reappeared, and the tally.
+
+    ``tally`` counts the new transfers for the metrics when they were COPYed
+    (``transitions.Created.tally``); None when they were not.
+    """
+
+    new: list[Due]
+    reappeared: list[Due]
+    tally: list[Tally] | None = None
 
 
 class Due(NamedTuple):
@@ -232,8 +249,8 @@ async def insert_locks(
     config: ChainsConfig,
     chain_range: ChainRange,
     final_through: int = -1,
-) -> tuple[list[Due], list[Due]]:
-    """Insert the range's locks as transfers: (new ones, ORPHANED ones whose lock reappeared).
+) -> Inserted:
+    """Insert the range's locks as transfers: new ones, ORPHANED ones whose lock reappeared.
 
     New transfers are PENDING, or CONFIRMED straight away when their lock is already
     final (at or below ``final_through``: a backfill of old blocks); ``Due.status``
@@ -247,11 +264,11 @@ async def insert_locks(
     """
     locks = routable(chain_range.locks)
     if not locks:
-        return [], []
+        return Inserted([], [])
     if len(locks) >= COPY_LOCKS_FROM:
         copied = await _copy_new_locks(conn, chain, config, chain_range, locks, final_through)
         if copied is not None:
-            return copied, []
+            return copied
     await _displace_orphans(conn, chain.id, locks)
     tokens = [_token_of(config, chain.id, lock.bridge) for lock in locks]
     rows = await conn.fetch(
@@ -309,7 +326,7 @@ async def insert_locks(
     due = [
         (Due(r["id"], r["route_id"], r["lock_tx_hash"], r["lock_block_number"], r["status"]), r) for r in rows
     ]
-    return (
+    return Inserted(
         [d for d, r in due if r["inserted"]],
         [d for d, r in due if not r["inserted"] and r["status"] == TransferStatus.ORPHANED.value],
     )
@@ -322,7 +339,7 @@ async def _copy_new_locks(
     chain_range: ChainRange,
     locks: Sequence[LockEvent],
     final_through: int,
-) -> list[Due] | None:
+) -> Inserted | None:
     """The fast path for many locks: COPY them straight into ``transfers``; None if one exists already.
 
     Nearly always every lock of a range is new (the cursor guard keeps a range from
@@ -335,18 +352,37 @@ async def _copy_new_locks(
     encoding turns every uint256 into a ``Decimal`` digit tuple, several times slower.
     Decoded fields are hex or numbers (nothing to escape); text from the chains file
     (route, token, target bridge) is escaped once per (bridge, target chain).
+
+    The rows are tallied as they are written (``Inserted.tally``): every one of them
+    is in ``transfers`` once the COPY succeeded, so ``ferry.transitions`` need not
+    count their history joined to ``transfers`` again.
     """
     due: list[Due] = []
+    sums: _Sums = {}
     try:
         async with conn.transaction():
             await conn.copy_to_table(
                 "transfers",
-                source=_copy_chunks(chain, config, chain_range, locks, final_through, due),
+                source=_copy_chunks(chain, config, chain_range, locks, final_through, due, sums),
                 columns=_COPY_COLUMNS,
             )
     except asyncpg.UniqueViolationError:
         return None
-    return due
+    return Inserted(due, [], _tally(config, chain.id, sums))
+
+
+def _tally(config: ChainsConfig, chain_id: int, sums: _Sums) -> list[Tally]:
+    """``((route label, token), status) -> [count, amount]`` as ``transitions._written`` counts them.
+
+    The label is the route id, ``unrouted`` when the route is not configured (``_copy_chunks``);
+    amounts become tokens with the source token's decimals (the ``tokens`` table holds the
+    chains file's decimals).
+    """
+    bridges = config.chain_by_id[chain_id].bridges
+    return [
+        Tally(route, status, count, amount / 10 ** bridges[token].decimals)
+        for ((route, token), status), (count, amount) in sums.items()
+    ]
 
 
 async def _copy_chunks(
@@ -356,13 +392,15 @@ async def _copy_chunks(
     locks: Sequence[LockEvent],
     final_through: int,
     due: list[Due],
+    sums: _Sums,
 ) -> AsyncIterator[bytes]:
     """The COPY rows of ``locks``, ``COPY_CHUNK`` lines at a time; appends each lock's ``Due``.
 
     Chunks, not one buffer: the text of a whole range (and its encoded copy) would sit in
-    memory beside the range's events; a chunk is sent before the next is built.
+    memory beside the range's events; a chunk is sent before the next is built. ``sums``
+    counts the rows and adds up their amounts per ((route label, token), status) (``_tally``).
     """
-    targets: dict[tuple[str, int], tuple[str, str, str]] = {}
+    targets: dict[tuple[str, int], tuple[str, str, str, tuple[str, str]]] = {}
     times: dict[int, str] = {}
     lines: list[str] = []
     prefix = f"{chain.id}:"
@@ -375,7 +413,8 @@ async def _copy_chunks(
             token = _token_of(config, chain.id, lock.bridge)
             route = route_id(token, chain.id, lock.target_chain_id)
             bridge = _target_bridge(config, token, chain.id, lock)
-            target = (route, f"{copy_text(route)}\t{copy_text(token)}", copy_text(bridge))
+            label = (route if bridge is not None else "unrouted", token)
+            target = (route, f"{copy_text(route)}\t{copy_text(token)}", copy_text(bridge), label)
             if bridge is not None:  # NOTE: not cached when unrouted, so each such lock is logged
                 targets[key] = target
         block = lock.block_number
@@ -390,6 +429,11 @@ async def _copy_chunks(
             f"{lock.log_index}\t{block}\t{lock.block_hash}\t{stamp}\n"
         )
         due.append(Due(transfer, target[0], lock.tx_hash, block, status))
+        tally = sums.get((target[3], status))
+        if tally is None:
+            tally = sums[(target[3], status)] = [0, 0]
+        tally[0] += 1
+        tally[1] += lock.amount
         if len(lines) == COPY_CHUNK:
             yield "".join(lines).encode()
             lines.clear()

@@ -96,7 +96,7 @@ async def test_many_locks_are_copied_final_ones_confirmed_and_a_replay_changes_n
     chain = config.chain_by_id[SOURCE]
     chain_range = _range(10, 12, head=13, locks_per_block=LOCKS // 3)
     async with pool.acquire() as conn, conn.transaction():
-        new, reappeared = await store.insert_locks(conn, chain, config, chain_range, final_through=11)
+        new, reappeared, _ = await store.insert_locks(conn, chain, config, chain_range, final_through=11)
     again = await _insert_again(pool, config, chain_range)
 
     assert len(new) == len(chain_range.locks) >= store.COPY_LOCKS_FROM
@@ -117,7 +117,7 @@ async def test_many_locks_are_copied_final_ones_confirmed_and_a_replay_changes_n
         lock.amount,
     )
     assert row["lock_block_time"] == chain_range.headers[lock.block_number].timestamp
-    assert again == ([], [])
+    assert again == ([], [], None)
     assert await pool.fetchval("SELECT count(*) FROM transfers") == len(chain_range.locks)
 
 
@@ -137,12 +137,12 @@ async def test_copied_rows_equal_the_careful_paths_rows(
     unrouted = LockEvent(SOURCE, BRIDGE, _hash(20_000), 0, 12, _hash(12), USER, 7, 99_999, USER, 424_242)
     chain_range = ChainRange(13, 10, 12, (*routed.locks, unrouted), (), routed.headers)
     async with pool.acquire() as conn, conn.transaction():
-        copied, _ = await store.insert_locks(conn, chain, config, chain_range, final_through=11)
+        copied, _, _ = await store.insert_locks(conn, chain, config, chain_range, final_through=11)
     copied_rows = await pool.fetch(f"SELECT {_ROW_COLUMNS} FROM transfers ORDER BY id")  # noqa: S608
     await pool.execute("DELETE FROM transfers")
     monkeypatch.setattr(store, "COPY_LOCKS_FROM", 10**9)  # NOTE: the careful INSERT ... ON CONFLICT path
     async with pool.acquire() as conn, conn.transaction():
-        inserted, _ = await store.insert_locks(conn, chain, config, chain_range, final_through=11)
+        inserted, _, _ = await store.insert_locks(conn, chain, config, chain_range, final_through=11)
     inserted_rows = await pool.fetch(f"SELECT {_ROW_COLUMNS} FROM transfers ORDER BY id")  # noqa: S608
 
     assert len(copied_rows) == len(chain_range.locks)
@@ -198,7 +198,7 @@ async def _history_after_one_row(
         )  # fmt: skip
         await transitions.record_new(conn, [("x", TransferStatus.PENDING)])
     async with pool.acquire() as conn, conn.transaction():
-        new, _ = await store.insert_locks(
+        new, _, _ = await store.insert_locks(
             conn, config.chain_by_id[SOURCE], config, chain_range, final_through=13
         )
         changes = await transitions.record_new(conn, [(d.transfer_id, TransferStatus.CONFIRMED) for d in new])
@@ -213,9 +213,7 @@ def _counted(route: str, status: str) -> tuple[float, float]:
     )
 
 
-async def _insert_again(
-    pool: asyncpg.Pool, config: ChainsConfig, chain_range: ChainRange
-) -> tuple[list[store.Due], list[store.Due]]:
+async def _insert_again(pool: asyncpg.Pool, config: ChainsConfig, chain_range: ChainRange) -> store.Inserted:
     async with pool.acquire() as conn, conn.transaction():
         return await store.insert_locks(conn, config.chain_by_id[SOURCE], config, chain_range, 11)
 
@@ -278,7 +276,7 @@ async def test_many_created_transfers_get_history_from_two_lists_before_the_move
     try:
         await listener.add_listener(CHANGES_CHANNEL, lambda *args: heard.append(args[3]))
         async with pool.acquire() as conn, conn.transaction():
-            new, _ = await store.insert_locks(
+            new, _, _ = await store.insert_locks(
                 conn, config.chain_by_id[SOURCE], config, chain_range, final_through=11
             )
             moved = next(d for d in new if d.status == "PENDING")
@@ -305,6 +303,30 @@ async def test_many_created_transfers_get_history_from_two_lists_before_the_move
     assert _counted(route, "CONFIRMED")[0] - confirmed_before == len(new) - pending + 1
 
 
+async def test_a_copied_ranges_tally_counts_what_the_history_joined_to_transfers_counts(
+    pool: asyncpg.Pool,
+) -> None:
+    """The COPY path's own tally (no join) labels and sums as ``transitions._written`` does."""
+    config = _config()
+    routed = _range(10, 12, head=13, locks_per_block=LOCKS // 3)
+    unrouted = LockEvent(SOURCE, BRIDGE, _hash(20_000), 0, 12, _hash(12), USER, 7 * 10**17, 99_999, USER, 5)
+    chain_range = ChainRange(13, 10, 12, (*routed.locks, unrouted), (), routed.headers)
+    labels = [(f"FTT:{SOURCE}-{TARGET}", "CONFIRMED"), (f"FTT:{SOURCE}-{TARGET}", "PENDING")]
+    labels.append(("unrouted", "PENDING"))
+    before = {label: _counted(*label) for label in labels}
+    async with pool.acquire() as conn, conn.transaction():
+        new, _, tally = await store.insert_locks(conn, config.chain_by_id[SOURCE], config, chain_range, 11)
+        # NOTE: without the tally: counted joined to transfers, as every other history insert is
+        created = transitions.Created([d.transfer_id for d in new], [d.status or "" for d in new])
+        await transitions.move_transfers(conn, [], bulk=created)
+    after = {label: _counted(*label) for label in labels}
+    joined = {k: (after[k][0] - before[k][0], after[k][1] - before[k][1]) for k in labels}
+
+    assert tally is not None
+    assert {(t.route, t.status): (t.moved, pytest.approx(t.tokens)) for t in tally} == joined
+    assert joined[("unrouted", "PENDING")] == (1, pytest.approx(0.7))
+
+
 @pytest.mark.parametrize("count", [1, transitions.COPY_HISTORY_FROM])
 async def test_history_naming_no_transfer_is_refused_and_nothing_is_recorded(
     pool: asyncpg.Pool, count: int
@@ -323,7 +345,7 @@ async def _record_with_one_unknown(pool: asyncpg.Pool, chain_range: ChainRange, 
     """``count`` history rows in one transaction (the last names no transfer), after inserting the locks."""
     config = _config()
     async with pool.acquire() as conn, conn.transaction():
-        new, _ = await store.insert_locks(conn, config.chain_by_id[SOURCE], config, chain_range, 13)
+        new, _, _ = await store.insert_locks(conn, config.chain_by_id[SOURCE], config, chain_range, 13)
         ids = [*(d.transfer_id for d in new[: count - 1]), "no-such-transfer"]
         await transitions.record_new(conn, [(i, TransferStatus.CONFIRMED) for i in ids])
 
@@ -338,7 +360,7 @@ async def test_a_transfer_with_history_cannot_be_deleted_or_renamed(pool: asyncp
     config = _config()
     chain_range = _range(10, 10, head=13, locks_per_block=2)
     async with pool.acquire() as conn, conn.transaction():
-        new, _ = await store.insert_locks(conn, config.chain_by_id[SOURCE], config, chain_range, 13)
+        new, _, _ = await store.insert_locks(conn, config.chain_by_id[SOURCE], config, chain_range, 13)
         await transitions.record_new(conn, [(new[0].transfer_id, TransferStatus.CONFIRMED)])
     kept, free = new[0].transfer_id, new[1].transfer_id
 

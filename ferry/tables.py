@@ -115,6 +115,10 @@ class Transfer(SQLModel, table=True):
     last_error: str | None = None
     created_at: datetime = Field(sa_column=_ts(default=True))
     updated_at: datetime = Field(sa_column=_ts(default=True))
+    #: Insertion order: the tiebreaker of the gateway's list orderings (migration 0012).
+    seq: int | None = Field(
+        default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(always=True), nullable=False)
+    )
 
 
 class TransferStatusHistory(SQLModel, table=True):

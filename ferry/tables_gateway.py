@@ -40,12 +40,13 @@ class GatewayApiKey(SQLModel, table=True):
     revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
-sa.Index("transfers_lock_time_idx", _transfers.c.lock_block_time, _transfers.c.id)
-sa.Index("transfers_updated_idx", _transfers.c.updated_at, _transfers.c.id)
-sa.Index("transfers_amount_idx", _transfers.c.amount, _transfers.c.id)
-sa.Index("transfers_sender_time_idx", _transfers.c.sender, _transfers.c.lock_block_time, _transfers.c.id)
+# NOTE: the lists' tiebreaker is seq (insertion order, 8 bytes), not the text id (migration 0012)
+sa.Index("transfers_lock_time_idx", _transfers.c.lock_block_time, _transfers.c.seq)
+sa.Index("transfers_updated_idx", _transfers.c.updated_at, _transfers.c.seq)
+sa.Index("transfers_amount_idx", _transfers.c.amount, _transfers.c.seq)
+sa.Index("transfers_sender_time_idx", _transfers.c.sender, _transfers.c.lock_block_time, _transfers.c.seq)
 sa.Index(
-    "transfers_recipient_time_idx", _transfers.c.recipient, _transfers.c.lock_block_time, _transfers.c.id
+    "transfers_recipient_time_idx", _transfers.c.recipient, _transfers.c.lock_block_time, _transfers.c.seq
 )
 # NOTE: (route_id, lock_block_time) is the relayer's transfers_limits_route_time_idx and a
 # lookup by lock transaction uses the unique transfers_lock_log (migrations/versions/0008).

@@ -21,7 +21,11 @@ from gateway.types import Info as _Info  # noqa: F401  # NOTE: registers the Tra
 _MAX_STATUSES = len(TransferStatus)
 _MAX_NAME = 200
 
-strawberry.enum(SortField, name="TransferSortField", description="What transfers are sorted by (then by id).")
+strawberry.enum(
+    SortField,
+    name="TransferSortField",
+    description="What transfers are sorted by (then in the order they were recorded).",
+)
 
 
 @strawberry.enum(description="Ascending or descending.")

@@ -29,7 +29,7 @@ from ferry.domain import TransferStatus
 from gateway.errors import UserError
 from gateway.records import TransferRecord
 
-_CURSOR_VERSION = "t2"
+_CURSOR_VERSION = "t3"
 _MAX_CURSOR_LENGTH = 512
 _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _UINT = re.compile(r"[0-9]{1,78}")
@@ -37,7 +37,7 @@ _ADDRESS_FORMAT = "must be a 0x-prefixed 20-byte hex address, checksummed (EIP-5
 
 
 class SortField(enum.Enum):
-    """The column a transfers list is sorted by (then by id)."""
+    """The column a transfers list is sorted by (then by insertion order: ``transfers.seq``)."""
 
     LOCKED_AT = "lock_block_time"
     AMOUNT = "amount"
@@ -52,16 +52,16 @@ class TransferOrder:
 
 @dataclass(frozen=True, slots=True)
 class TransferPosition:
-    """Where a transfer sits in one order: its sort value and id; the content of a cursor."""
+    """Where a transfer sits in one order: its sort value and ``seq``; the content of a cursor."""
 
     order: TransferOrder
     value: datetime | Decimal
-    transfer_id: str
+    seq: int
 
     @classmethod
     def of(cls, record: TransferRecord, order: TransferOrder) -> TransferPosition:
         value: datetime | Decimal = getattr(record, _RECORD_ATTRIBUTE[order.field])
-        return cls(order, value, record.id)
+        return cls(order, value, record.seq)
 
 
 _RECORD_ATTRIBUTE = {
@@ -92,7 +92,7 @@ class TransferFilter:
 def encode_cursor(position: TransferPosition) -> str:
     value = position.value.isoformat() if isinstance(position.value, datetime) else str(position.value)
     order = position.order
-    fields = [_CURSOR_VERSION, order.field.name, order.descending, value, position.transfer_id]
+    fields = [_CURSOR_VERSION, order.field.name, order.descending, value, position.seq]
     text = json.dumps(fields, separators=(",", ":"))
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
@@ -104,8 +104,8 @@ def decode_cursor(cursor: str, order: TransferOrder, argument: str = "after") ->
         raise UserError(unusable)
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        version, field, descending, value, transfer_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if version != _CURSOR_VERSION or not isinstance(transfer_id, str) or not isinstance(value, str):
+        version, field, descending, value, seq = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if version != _CURSOR_VERSION or type(seq) is not int or not isinstance(value, str):
             raise ValueError(version)
         made_for = TransferOrder(SortField[field], bool(descending))
         parsed: datetime | Decimal = (
@@ -119,7 +119,7 @@ def decode_cursor(cursor: str, order: TransferOrder, argument: str = "after") ->
         raise UserError(
             f"{argument} is a cursor of a list in another order: pass the same orderBy as that list"
         )
-    return TransferPosition(order, parsed, transfer_id)
+    return TransferPosition(order, parsed, seq)
 
 
 def check_page_size(size: int, max_page_size: int, argument: str = "first") -> int:
@@ -138,8 +138,8 @@ def checksummed_address(address: str, argument: str = "address") -> str:
     Accepts an EIP-55 checksummed or single-case 0x address. Invariant: the indexer,
     the only writer of ``transfers``, stores ``sender`` and ``recipient`` checksummed
     (``indexer/decode.py``), so a filter matches that single spelling, which lets
-    PostgreSQL walk ``(sender, lock_block_time, id)`` and
-    ``(recipient, lock_block_time, id)`` for one value each. Cached: the checksum
+    PostgreSQL walk ``(sender, lock_block_time, seq)`` and
+    ``(recipient, lock_block_time, seq)`` for one value each. Cached: the checksum
     costs a keccak, and the same addresses come back request after request (a
     refusal raises, so it is never cached).
     """

@@ -106,7 +106,7 @@ async def transfers_by_source_tx(pool: asyncpg.Pool, chain_id: int, tx_hash: str
     return [TransferRecord.from_row(row) for row in rows]
 
 
-#: Orders with an index on (sender, column, id) and on (recipient, column, id) (migration 0005).
+#: Orders with an index on (sender, column, seq) and on (recipient, column, seq) (migrations 0005, 0012).
 _ADDRESS_INDEXED = frozenset({SortField.LOCKED_AT})
 
 
@@ -127,10 +127,10 @@ def transfer_page_query(
     if start is not None:
         comparison = "<" if descending else ">"
         query.conditions.append(
-            f"({column}, id) {comparison} ({query.arg(start.value)}, {query.arg(start.transfer_id)})"
+            f"({column}, seq) {comparison} ({query.arg(start.value)}, {query.arg(start.seq)})"
         )
     direction = "DESC" if descending else "ASC"
-    ordered = f" ORDER BY {column} {direction}, id {direction} LIMIT {query.arg(limit)}"
+    ordered = f" ORDER BY {column} {direction}, seq {direction} LIMIT {query.arg(limit)}"
     if not by_address:
         return f"{_TRANSFER_SELECT}{query.where()}{ordered}", query.args
     address = query.arg(wanted.address)

@@ -45,6 +45,8 @@ class TransferRecord(NamedTuple):
     attempts: int
     last_error: str | None
     updated_at: datetime
+    #: Insertion order (migration 0012): the lists' tiebreaker, in their cursors; not shown.
+    seq: int
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> TransferRecord:

@@ -181,6 +181,21 @@ async def test_orders_page_forward_and_backward_over_every_transfer_once(
     assert backward == forward
 
 
+@pytest.mark.parametrize("direction", ["ASC", "DESC"])
+async def test_ties_in_the_order_page_in_the_order_the_transfers_were_recorded(
+    client: httpx.AsyncClient, transfers: Transfers, direction: str
+) -> None:
+    """Same lock time and amount: insertion order (``transfers.seq``), not the ids' text order."""
+    recorded = [await transfers.add(nonce, amount=7, locked_at=T0) for nonce in (9, 10, 100, 11)]
+    assert sorted(recorded) != recorded  # NOTE: "...:10" < "...:100" < "...:11" < "...:9" as text
+    expected = recorded if direction == "ASC" else recorded[::-1]
+    for field in ("LOCKED_AT", "AMOUNT"):
+        order = {"field": field, "direction": direction}
+        first = await page(client, order=order, first=2)
+        rest = await page(client, order=order, first=2, after=first["pageInfo"]["endCursor"])
+        assert ids(first) + ids(rest) == expected
+
+
 @pytest.fixture
 async def around_alice(transfers: Transfers) -> dict[int, tuple[datetime, int, bool, str]]:
     """24 transfers, locked three to a second: ALICE sends, receives, sends to herself, or is

@@ -12,6 +12,8 @@ Then, in each of ``rounds`` rounds (on a fresh database each):
   concurrency), decoded by slicing, and COPYed into a bare table with no index:
   the limit of node + PostgreSQL on this machine.
 
+Both run on uvloop, as ``ferry indexer`` does (``ferry.cli``).
+
 Prints one JSON object: the medians over the rounds of the figure, of the baseline and
 of each round's ratio (``ratio``), and every round's own figures (``rounds``).
 """
@@ -28,6 +30,7 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
+import uvloop
 from _indexer_setup import SOURCE, EmitterChain, emitter_chain, scratch_database
 
 from ferry.contracts import TOKENS_LOCKED_TOPIC
@@ -152,4 +155,5 @@ async def _head(chain: EmitterChain) -> int:
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    print(json.dumps(asyncio.run(main(count, rounds))))
+    # NOTE: on uvloop, as `ferry indexer` runs (ferry.cli); the baseline runs on it too
+    print(json.dumps(uvloop.run(main(count, rounds))))

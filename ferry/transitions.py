@@ -74,8 +74,8 @@ class Created(NamedTuple):
     statuses: list[str]
     #: What the metrics count of these rows, when the caller knows it: only for transfers it has
     #: COPYed into ``transfers`` in this same transaction (the COPY proved they exist). Then the
-    #: rows are not counted again joined to ``transfers`` (``_written``), which cost a backfill
-    #: about 8% of its time; None: they are.
+    #: rows are not counted again joined to ``transfers`` (``_written``: 0.77 s of a 100,000-lock
+    #: backfill's 8.6 s of statements); None: they are.
     tally: Sequence[Tally] | None = None
 
 

@@ -7,7 +7,7 @@ one measures what a relayer that adds no delay of its own would reach here:
 
 - fresh chains, started and deployed by the same code (``start_dev_network``, 1 s
   blocks, anvil's default gas limit), and the same lock burst sent the same way
-  (``relay.sign_locks`` / ``relay.send_raw``);
+  (``relay.sign_locks`` / ``relay.send_bursts``);
 - no database, no indexer, no relayer process: this script polls
   ``eth_blockNumber`` every ``POLL_SECONDS`` on both chains and reads new blocks'
   transaction hashes; a lock is confirmed when its block has the route's
@@ -132,6 +132,7 @@ async def run_perfect_relayer(
             side.locks = sign_orders(source, target, raw_locks[source.chain_id], keys, first, recipient)
         for side in sides.values():
             await _prepare(side, keys, recipient)
+        before = {chain_id: side.head for chain_id, side in sides.items()}
         total = sum(len(s.locks) for s in sides.values())
         watchers = [
             asyncio.create_task(_watch(side, sides, network.confirmations, batch_size))
@@ -153,11 +154,25 @@ async def run_perfect_relayer(
         pairs = [(x.confirmed, x.released) for s in sides.values() for x in s.locks.values()
                  if x.confirmed is not None and x.released is not None]  # fmt: skip
         unmined = sum(len(s.releases) for s in sides.values())
+        fill = {str(c): await block_fill(side.rpc, before[c]) for c, side in sides.items()}
         return {"released": len(pairs), "paid_on_chain": paid, "release_txs_unmined": unmined,
-                **figure_of(pairs)}  # fmt: skip
+                **figure_of(pairs), "block_gas_m_per_txs": fill}  # fmt: skip
     finally:
         for side in sides.values():
             await side.rpc.close()
+
+
+async def block_fill(rpc: RpcClient, after: int) -> list[str]:
+    """ "gas used in millions/transactions" of each block after ``after`` up to the head, but
+    the empty blocks at the end: where a run left block space unused."""
+    head = quantity(await rpc.call("eth_blockNumber"))
+    blocks = []
+    for low in range(after + 1, head + 1, BLOCKS_PER_REQUEST):
+        numbers = range(low, min(low + BLOCKS_PER_REQUEST, head + 1))
+        blocks += await rpc.batch([("eth_getBlockByNumber", (hex(n), False)) for n in numbers])
+    while blocks and not blocks[-1]["transactions"]:
+        blocks.pop()
+    return [f"{quantity(b['gasUsed']) / 1e6:.1f}/{len(b['transactions'])}" for b in blocks]
 
 
 def _side(chain: DevChain, signer: TxSigner) -> Side:

@@ -153,6 +153,13 @@ SUBMITTER_LOW_BALANCE = Gauge(
 ENDPOINT_UP = Gauge(
     "ferry_rpc_endpoint_up", "1 when the endpoint is in rotation, 0 while backed off", ["chain", "endpoint"]
 )
+# NOTE: its own gauge: a ws:// endpoint serves requests (ENDPOINT_UP, set by indexer.endpoints)
+# and the subscription, which fail apart; one gauge written by both showed whichever wrote last.
+HEAD_SUBSCRIPTION_UP = Gauge(
+    "ferry_rpc_head_subscription_up",
+    "1 while the newHeads subscription on this WebSocket endpoint is live, else 0",
+    ["chain", "endpoint"],
+)
 RPC_REQUESTS = Counter("ferry_rpc_requests_total", "JSON-RPC HTTP requests sent", ["chain", "endpoint"])
 RPC_ERRORS = Counter(
     "ferry_rpc_errors_total",

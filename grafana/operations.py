@@ -138,7 +138,10 @@ def rpc_endpoints(board: dashboard.Dashboard) -> dashboard.Dashboard:
     by_endpoint = "{{chain}} #{{endpoint}}"
     for panel in (
         p.series(
-            "Endpoints in rotation", p.promql(f"ferry_rpc_endpoint_up{{{CHAIN}}}", by_endpoint), width=6
+            "Endpoints in rotation, head subscriptions live",
+            p.promql(f"ferry_rpc_endpoint_up{{{CHAIN}}}", by_endpoint),
+            p.promql(f"ferry_rpc_head_subscription_up{{{CHAIN}}}", "{{chain}} #{{endpoint}} newHeads", "B"),
+            width=6,
         ),
         p.series(
             "RPC requests",

@@ -92,7 +92,7 @@ class Heads:
         self._clock = clock
         self._index = 0
         for endpoint in self.endpoints:
-            metrics.ENDPOINT_UP.labels(chain=chain.name, endpoint=endpoint.label).set(1)
+            metrics.HEAD_SUBSCRIPTION_UP.labels(chain=chain.name, endpoint=endpoint.label).set(0)
 
     @classmethod
     def for_chain(cls, chain: ChainConfig) -> Heads | None:
@@ -158,6 +158,7 @@ class Heads:
                     endpoint.failures = 0
             finally:
                 self.subscribed = False
+                metrics.HEAD_SUBSCRIPTION_UP.labels(chain=self.chain.name, endpoint=endpoint.label).set(0)
 
     def _notified(self, endpoint: HeadEndpoint, subscription: str, message: str | bytes) -> None:
         body = _json(endpoint, message)
@@ -186,7 +187,7 @@ class Heads:
     def _up(self, endpoint: HeadEndpoint) -> None:
         self.subscribed = True
         self.recent.clear()
-        metrics.ENDPOINT_UP.labels(chain=self.chain.name, endpoint=endpoint.label).set(1)
+        metrics.HEAD_SUBSCRIPTION_UP.labels(chain=self.chain.name, endpoint=endpoint.label).set(1)
 
     def _failed(self, endpoint: HeadEndpoint, exc: BaseException) -> None:
         self.subscribed = False
@@ -198,7 +199,6 @@ class Heads:
         self._index = (self._index + 1) % len(self.endpoints)
         kind = "garbage" if garbage else "unavailable"
         metrics.RPC_ERRORS.labels(chain=self.chain.name, endpoint=endpoint.label, kind=kind).inc()
-        metrics.ENDPOINT_UP.labels(chain=self.chain.name, endpoint=endpoint.label).set(0)
         log.warning(
             "chain %s: new heads from %s failed (%s: %s); polling every %.3g s, subscribing again in %.3g s",
             self.chain.name,

@@ -150,7 +150,9 @@ async def test_when_the_websocket_dies_polling_takes_over_without_missing_a_bloc
                 await eventually(lambda t=transfer: indexed(pool, t), "a lock found by polling")
             assert not heads.subscribed, "the WebSocket is cut: only polling can have found these locks"
             assert sample("ferry_rpc_errors_total", {**labels, "kind": "unavailable"}) > dropped
-            assert sample("ferry_rpc_endpoint_up", labels) == 0
+            assert sample("ferry_rpc_head_subscription_up", labels) == 0
+            # NOTE: its requests were never tried while cut: the subscription alone is down
+            assert sample("ferry_rpc_endpoint_up", labels) == 1
 
             await relay.restore()
             await eventually(lambda: asyncio.sleep(0, heads.subscribed), "the subscription again", seconds=60)
@@ -159,7 +161,7 @@ async def test_when_the_websocket_dies_polling_takes_over_without_missing_a_bloc
             await eventually(lambda: indexed(pool, after), "a lock after the WebSocket came back")
             await eventually(lambda: caught_up(pool, source), "the follower at the head")
             assert heads.notifications > notified
-            assert sample("ferry_rpc_endpoint_up", labels) == 1
+            assert sample("ferry_rpc_head_subscription_up", labels) == 1
             assert not task.done(), "the follower stopped"
     finally:
         await relay.cut()
@@ -188,7 +190,7 @@ async def test_garbage_on_the_websocket_counts_against_its_endpoint_and_polling_
                 lambda: asyncio.sleep(0, sample("ferry_rpc_errors_total", labels) > before),
                 "the garbage count",
             )
-            assert sample("ferry_rpc_endpoint_up", {"chain": chain.name, "endpoint": "1"}) == 0
+            assert sample("ferry_rpc_head_subscription_up", {"chain": chain.name, "endpoint": "1"}) == 0
             assert follower.heads is not None
             assert not follower.heads.subscribed
             assert sample("ferry_rpc_errors_total", {**labels, "endpoint": "0"}) == http_before, (

@@ -198,10 +198,12 @@ def baseline_same_traffic(workdir: Path, transfers: int) -> dict[str, Any]:
         network.stop()
 
 
-def measure(database_url: str, total: int, limit: float) -> dict[str, Any]:
+def measure(database_url: str, total: int, limit: float, group: ProcessGroup) -> dict[str, Any]:
     deadline = time.time() + limit
     with psycopg.connect(database_url, autocommit=True) as conn:
         while True:
+            if group.failed():
+                raise RuntimeError(f"{', '.join(group.failed())} exited: see its log (run with --keep)")
             (done,) = conn.execute(
                 "SELECT count(*) FROM transfers WHERE status IN ('RELEASED', 'FINALIZED')"
             ).fetchone() or (0,)
@@ -238,7 +240,8 @@ def measure(database_url: str, total: int, limit: float) -> dict[str, Any]:
         ).fetchall()
         blocks = conn.execute(
             """
-            SELECT x.chain_id, x.block_number, count(*), sum(x.gas_used)::float8
+            SELECT x.chain_id, x.block_number, count(*), sum(x.gas_used)::float8,
+                   min(x.max_fee_per_gas)::float8 / 1e9, max(x.replacements)
               FROM relay_txs AS x WHERE x.block_number IS NOT NULL
              GROUP BY 1, 2 ORDER BY 1, 2
             """
@@ -255,7 +258,12 @@ def measure(database_url: str, total: int, limit: float) -> dict[str, Any]:
         "block_to_recorded_s": _p50_p99([lag[2] for lag in lags]),
         "submitted_to_recorded_s": _p50_p99([lag[0] for lag in lags]),
         "release_gas_per_block_m": {
-            str(chain): [round(gas / 1e6, 1) for c, _, _, gas in blocks if c == chain]
+            str(chain): [round(row[3] / 1e6, 1) for row in blocks if row[0] == chain]
+            for chain in sorted({row[0] for row in blocks})
+        },
+        # NOTE: the lowest fee cap among each block's releases, and the most replacements of one
+        "release_min_fee_cap_gwei_and_replacements_per_block": {
+            str(chain): [f"{row[4]:.2f}/{row[5]}" for row in blocks if row[0] == chain]
             for chain in sorted({row[0] for row in blocks})
         },
     }
@@ -321,7 +329,7 @@ def run(transfers: int, workers: int, keep: bool = False) -> dict[str, Any]:
         ]
         before = {chain.chain_id: chain.w3.eth.block_number for chain in (a, b)}
         send_bursts(locks)
-        figure = measure(database_url, transfers, limit=600)
+        figure = measure(database_url, transfers, limit=600, group=group)
         figure["block_gas_m_per_txs"] = {
             str(chain.chain_id): asyncio.run(_fill(chain.url, before[chain.chain_id])) for chain in (a, b)
         }

@@ -132,7 +132,10 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 5, 10, 20, 30, 40, 50, 75, 100, 200, 500),
 )
 REPLACEMENTS = Counter(
-    "ferry_relayer_replacements_total", "Stuck release transactions re-sent with higher fees", ["chain"]
+    "ferry_relayer_replacements_total",
+    "Release transactions re-sent with higher fees, by reason (overdue: replace_after; outbid: left out "
+    "of a full block for better offers)",
+    ["chain", "reason"],
 )
 STUCK_AT_FEE_CAP = Gauge(
     "ferry_relayer_stuck_at_fee_cap",

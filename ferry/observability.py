@@ -86,7 +86,8 @@ _STATUSES_SET_BY = {
 _INDEXER_ERROR_KINDS = ("rpc", "database", "reorg", "unexpected")
 _INDEXER_EVENTS = ("TokensLocked", "TransferReleased")
 _RPC_ERROR_KINDS = ("unavailable", "garbage", "rate_limited")
-_RELEASE_OUTCOMES = ("sent", "rebroadcast", "dropped", "reverted", "mined")
+_RELEASE_OUTCOMES = ("sent", "rebroadcast", "replaced", "dropped", "reverted", "reorged", "mined")
+_REPLACEMENT_REASONS = ("overdue", "outbid")
 _FAILURE_REASONS = ("unsafe", "revert", "liquidity", "operator")
 
 
@@ -127,4 +128,5 @@ def _prepare_relayer(config: ChainsConfig) -> None:
     for chain in config.chains:
         for outcome in _RELEASE_OUTCOMES:
             metrics.RELEASES.labels(chain=chain.name, outcome=outcome)
-        metrics.REPLACEMENTS.labels(chain=chain.name)
+        for reason in _REPLACEMENT_REASONS:
+            metrics.REPLACEMENTS.labels(chain=chain.name, reason=reason)

@@ -79,8 +79,8 @@ def operations() -> dashboard.Dashboard:
             "Release transactions in flight",
             p.promql(f"sum by (chain) (ferry_relayer_txs_in_flight{{{CHAIN}}})", "in flight {{chain}}"),
             p.promql(
-                f"sum by (chain) (rate(ferry_relayer_replacements_total{{{CHAIN}}}[{RATE}]))",
-                "replaced {{chain}}",
+                f"sum by (chain, reason) (rate(ferry_relayer_replacements_total{{{CHAIN}}}[{RATE}]))",
+                "replaced {{chain}} ({{reason}})",
                 ref_id="B",
             ),
         ),

@@ -28,7 +28,11 @@ Each round of the submitter (``ChainSubmitter.tick``) calls ``Confirmer.check``:
    endpoint can do the same.
 5. Re-pricing: a SENT transaction older than ``replace_after`` is re-signed with
    the same nonce and fees raised per ``relayer.fees.replacement_fees``; at the
-   cap it stays and ``ferry_relayer_stuck_at_fee_cap`` says so.
+   cap it stays and ``ferry_relayer_stuck_at_fee_cap`` says so. So is, at once, one
+   that a new full block left out while other senders there offered more
+   (``relayer.fees.outbid_in``): every later nonce of the account waits behind it.
+   A release priced from a block before a burst of better-paying transactions
+   arrived would otherwise wait out the burst, or ``replace_after`` (30 s by default).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from ferry.rpc import RpcGarbage, quantity
 from ferry.transitions import Change
 from relayer import legacy, txstore
 from relayer.bridge import LockKey, TargetBridge, checksummed
-from relayer.fees import replacement_fees, suggest_fees
+from relayer.fees import Fees, outbid_in, replacement_fees, suggest_fees
 from relayer.txstore import Inclusion, Released, Settlement, TxRow
 
 if TYPE_CHECKING:
@@ -73,6 +77,8 @@ class Confirmer:
         self._last_head = -1
         #: SENT transactions (by id) below the mined count without a receipt: the head then.
         self._unreceipted: dict[int, int] = {}
+        #: SENT transactions (by id) not mined yet: the head when first seen so (or re-priced).
+        self._unmined_since: dict[int, int] = {}
 
     async def check(self) -> None:
         """Follow receipts when the head moved (or every few seconds), re-price when due.
@@ -89,7 +95,8 @@ class Confirmer:
         # between shows up by its receipt and is never taken for a dropped one.
         head, mined_count = await asyncio.gather(self.s.rpc.block_number(), self.s.account_nonce("latest"))
         gap_check = loop.time() >= self._next_gap_check
-        if head != self._last_head or gap_check:
+        moved = head != self._last_head
+        if moved or gap_check:
             log.debug(
                 "chain %s head %d, mined nonces %d, %d open", self.label, head, mined_count, len(self.s.open)
             )
@@ -106,7 +113,7 @@ class Confirmer:
             if gap_check:
                 self._next_gap_check = loop.time() + GAP_CHECK_SECONDS
             self._last_head = head
-        await self.reprice()
+        await self.reprice(head if moved else None, mined_count)
         TXS_IN_FLIGHT.labels(self.label).set(sum(1 for tx in self.s.open.values() if tx.status == "SENT"))
 
     # ------------------------------------------------------------- receipts
@@ -295,24 +302,36 @@ class Confirmer:
                 log.warning("the node lost release %s (nonce %d); re-sending it", tx.tx_hash, tx.nonce)
                 await self.s.transmit(tx, "rebroadcast")
 
-    async def reprice(self) -> None:
+    async def reprice(self, new_head: int | None = None, mined_count: int = 0) -> None:
+        """Re-price what waited ``replace_after``, and what the new head's full block left out for
+        better offers (``new_head``: the head when it just moved, else None)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         settings = self.s.settings
-        due = [
-            tx
-            for tx in self.s.open.values()
-            if tx.status == "SENT" and now - tx.sent_at >= settings.replace_after
-        ]
+        sent = [tx for tx in self.s.open.values() if tx.status == "SENT" and tx.nonce >= mined_count]
+        since = self._unmined_since
+        self._unmined_since = {tx.id: since.get(tx.id, self._last_head) for tx in sent}
+        due = {tx.id: tx for tx in sent if now - tx.sent_at >= settings.replace_after}
+        overdue = set(due)
+        quote: Fees | None = None
+        if new_head is not None and any(self._unmined_since[tx.id] < new_head for tx in sent):
+            quote = await self.s.pricer.fees()
+            competition = self.s.pricer.latest
+            if competition is not None and competition.block_number == new_head:
+                for tx in sent:
+                    if self._unmined_since[tx.id] < new_head and outbid_in(tx.fees, tx.gas, competition):
+                        due[tx.id] = tx
         if not due:
             return
-        suggested = await suggest_fees(self.s.rpc)
+        suggested = quote or await suggest_fees(self.s.rpc)
         at_cap = 0
-        for tx in sorted(due, key=lambda tx: tx.nonce):
+        replaced: list[tuple[TxRow, str, bytes, Fees]] = []
+        for tx in sorted(due.values(), key=lambda tx: tx.nonce):
             fees = replacement_fees(tx.fees, suggested, settings.fee_bump_percent, settings.max_fee_per_gas)
             if fees is None:
                 at_cap += 1
                 tx.sent_at = now  # NOTE: look again after another replace_after, alert meanwhile
+                self._unmined_since[tx.id] = self._last_head
                 log.error(
                     "release %s (nonce %d) is not mined and already priced at max_fee_per_gas: it stays",
                     tx.tx_hash,
@@ -320,7 +339,9 @@ class Confirmer:
                 )
                 continue
             tx_hash, raw = self.s.signer.sign(tx.chain_id, tx.nonce, tx.bridge, tx.call_data, tx.gas, fees)
-            await txstore.record_replacement(self.s.pool, tx, tx_hash, raw, fees)
+            replaced.append((tx, tx_hash, raw, fees))
+        await txstore.record_replacements(self.s.pool, replaced)
+        for tx, tx_hash, raw, fees in replaced:
             tx.earlier_hashes.insert(0, tx.tx_hash)
             tx.tx_hash, tx.raw_tx, tx.fees, tx.replacements, tx.sent_at = (
                 tx_hash,
@@ -329,14 +350,15 @@ class Confirmer:
                 tx.replacements + 1,
                 now,
             )
-            REPLACEMENTS.labels(self.label).inc()
+            self._unmined_since[tx.id] = self._last_head
+            REPLACEMENTS.labels(self.label, "overdue" if tx.id in overdue else "outbid").inc()
             log.warning(
                 "release nonce %d re-priced as %s (%d gwei cap)",
                 tx.nonce,
                 tx_hash,
                 fees.max_fee_per_gas // 10**9,
             )
-            await self.s.transmit(tx, "replaced")
+        await self.s.transmit_all([tx for tx, *_ in replaced], "replaced")
         STUCK_AT_FEE_CAP.labels(self.label).set(at_cap)
 
     # ------------------------------------------------------------- helpers

@@ -13,6 +13,9 @@
   did not move a transaction ahead of a backlog; a higher fee cap did). A higher
   cap costs nothing by itself (a transaction pays base fee plus tip); the
   relayer's own transactions are left out, so its prices do not feed on themselves.
+- ``outbid_in``: a release left out of a full block whose other senders offered more
+  than it does was outbid; the follower re-prices it at once (``relayer.confirmer``)
+  rather than after ``replace_after``: every later nonce of the account waits behind it.
 - ``replacement_fees``: a transaction not mined in time is re-signed with the same
   nonce and fees at least ``bump_percent`` (12.5 % or more, what nodes require)
   above the last ones, never below them, and at least today's suggestion; capped
@@ -62,11 +65,15 @@ async def suggest_fees(rpc: RpcClient) -> Fees:
 
 @dataclass(frozen=True)
 class Competition:
-    """Other senders' prices in one block: the ``COMPETITION_PERCENTILE``-th tip and fee cap (0: none)."""
+    """Other senders' prices in one block: the ``COMPETITION_PERCENTILE``-th tip and fee cap (0: none).
+
+    ``gas_left``: the block's gas limit minus its gas used (what a left-out transaction needed more of).
+    """
 
     block_number: int
     tip: int
     fee_cap: int
+    gas_left: int = 0
 
 
 def competition_in(block: dict[str, Any], own_account: str) -> Competition:
@@ -83,9 +90,22 @@ def competition_in(block: dict[str, Any], own_account: str) -> Competition:
         caps.append(quantity(cap, "transaction maxFeePerGas"))
         tips.append(quantity(tx.get("maxPriorityFeePerGas") or cap, "transaction maxPriorityFeePerGas"))
     number = quantity(block.get("number"), "block number")
+    gas_limit = quantity(block.get("gasLimit"), "block gasLimit")
+    gas_left = gas_limit - quantity(block.get("gasUsed"), "block gasUsed")
     if not caps:
-        return Competition(number, 0, 0)
-    return Competition(number, _percentile(tips), _percentile(caps))
+        return Competition(number, 0, 0, gas_left)
+    return Competition(number, _percentile(tips), _percentile(caps), gas_left)
+
+
+def outbid_in(fees: Fees, gas: int, competition: Competition) -> bool:
+    """True when a transaction priced ``fees`` needing ``gas`` did not fit the block for a better offer.
+
+    The block had less than ``gas`` left and its other senders offered a higher fee cap (what
+    anvil orders by) or tip (what geth-like pools order by) at the competition percentile.
+    """
+    if competition.gas_left >= gas:
+        return False  # NOTE: room was left: whatever kept it out, it was not the price
+    return competition.fee_cap > fees.max_fee_per_gas or competition.tip > fees.max_priority_fee_per_gas
 
 
 def _percentile(values: list[int]) -> int:
@@ -104,15 +124,18 @@ class FeePricer:
         self.rpc = rpc
         self.own_account = own_account
         self.latest: Competition | None = None
+        # NOTE: the submitter's price loop and its follower both ask: one read of a block serves both
+        self._reading = asyncio.Lock()
 
     async def fees(self) -> Fees:
         suggested, answer = await asyncio.gather(suggest_fees(self.rpc), self.rpc.call("eth_blockNumber"))
         head = quantity(answer, "eth_blockNumber")
-        if self.latest is None or self.latest.block_number != head:
-            block = await self.rpc.call("eth_getBlockByNumber", hex(head), True)
-            if not isinstance(block, dict):
-                return suggested  # NOTE: the head moved on or back meanwhile; next round reads it
-            self.latest = competition_in(block, self.own_account)
+        async with self._reading:
+            if self.latest is None or self.latest.block_number != head:
+                block = await self.rpc.call("eth_getBlockByNumber", hex(head), True)
+                if not isinstance(block, dict):
+                    return suggested  # NOTE: the head moved on or back meanwhile; next round reads it
+                self.latest = competition_in(block, self.own_account)
         return outbid(suggested, self.latest)
 
 

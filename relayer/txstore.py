@@ -279,9 +279,12 @@ def _stored(signed: SignedTx, tx_id: int, carried: list[str]) -> TxRow:
     )  # fmt: skip
 
 
-async def record_replacement(pool: asyncpg.Pool, tx: TxRow, tx_hash: str, raw_tx: bytes, fees: Fees) -> None:
-    """The nonce's transaction is now ``tx_hash`` (same payload, higher fees); the old hash is kept."""
-    await pool.execute(
+async def record_replacements(pool: asyncpg.Pool, replaced: Sequence[tuple[TxRow, str, bytes, Fees]]) -> None:
+    """Each (tx, new hash, new raw, fees): the nonce's transaction is now that one (same payload,
+    higher fees); the old hash is kept. All in one transaction."""
+    if not replaced:
+        return
+    await pool.executemany(
         """
         UPDATE relay_txs
            SET earlier_hashes = earlier_hashes || tx_hash, tx_hash = $2, raw_tx = $3,
@@ -289,12 +292,9 @@ async def record_replacement(pool: asyncpg.Pool, tx: TxRow, tx_hash: str, raw_tx
                sent_at = now(), updated_at = now()
          WHERE id = $1
         """,
-        tx.id,
-        tx_hash,
-        raw_tx,
-        fees.max_fee_per_gas,
-        fees.max_priority_fee_per_gas,
-    )
+        [(tx.id, tx_hash, raw, fees.max_fee_per_gas, fees.max_priority_fee_per_gas)
+         for tx, tx_hash, raw, fees in replaced],
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
+from ferry.devchain import DEV_ACCOUNTS
 from ferry.devstack import DevNetwork
 from ferry.rpc import RpcError
 from relayer.context import CONTEXT_KEY, RelayerContext, open_context
@@ -113,6 +115,64 @@ async def test_stuck_release_is_replaced_with_higher_fees_and_mined_with_the_sam
     assert account_nonce(target, relayer.submitter.address) == nonce_before + 1
     assert balance(target, recipient) == AMOUNT
     assert (await history(relayer.pool, tid))[-1][1:] == ("RELEASED", row["tx_hash"])
+
+
+async def test_release_a_full_block_left_out_for_better_offers_is_re_priced_at_the_next_head(
+    dev_chains: DevNetwork, open_relayer: OpenRelayer
+) -> None:
+    """Outbid: not after replace_after (30 s here), at the first head that shows it.
+
+    The block's gas limit is cut to what the release needs plus two plain transfers, and
+    three plain transfers from another account offer a fee cap and tip ten times the
+    release's: the block takes those three and has no room left for the release.
+    """
+    relayer = await open_relayer(replace_after=30)
+    _, target = chains(dev_chains)
+    [(tid, recipient, locked)] = await hand_over(relayer, 1, dev_chains)
+    nonce_before = account_nonce(target, relayer.submitter.address)
+    submitter = submitter_for(relayer)
+    await submitter.resume()
+    rpc(target, "evm_setAutomine", False)
+    await ticks_until(submitter, "SELECT count(*) = 1 FROM relay_txs")
+    await submitter.tick()  # NOTE: a look at the same head: the release is seen waiting there
+    first = await relayer.pool.fetchrow("SELECT * FROM relay_txs")
+    outbid_before = REGISTRY.get_sample_value(
+        "ferry_relayer_replacements_total", {"chain": target.name, "reason": "outbid"}
+    ) or 0.0  # fmt: skip
+
+    gas_limit = target.w3.eth.get_block("latest")["gasLimit"]
+    rpc(target, "evm_setBlockGasLimit", hex(first["gas"] + 2 * 21_000 - 1))
+    competitor, competitor_key = DEV_ACCOUNTS[9]
+    nonce = target.w3.eth.get_transaction_count(competitor, "pending")  # type: ignore[arg-type]
+    for index in range(3):
+        offer = {"type": 2, "chainId": target.chain_id, "nonce": nonce + index, "to": recipient, "value": 1,
+                 "gas": 21_000, "maxFeePerGas": int(first["max_fee_per_gas"]) * 10,
+                 "maxPriorityFeePerGas": int(first["max_priority_fee_per_gas"]) * 10}  # fmt: skip
+        signed = target.w3.eth.account.sign_transaction(offer, competitor_key)
+        target.w3.eth.send_raw_transaction(signed.raw_transaction)
+    rpc(target, "evm_mine")
+    block = target.w3.eth.get_block("latest")
+    assert len(block["transactions"]) == 3, "the block took the better offers only"
+    rpc(target, "evm_setBlockGasLimit", hex(gas_limit))
+
+    await submitter.tick()
+    replaced = await relayer.pool.fetchrow("SELECT * FROM relay_txs")
+    assert replaced["replacements"] == 1, "not re-priced at the head that showed it outbid"
+    assert REGISTRY.get_sample_value(
+        "ferry_relayer_replacements_total", {"chain": target.name, "reason": "outbid"}
+    ) == outbid_before + 1  # fmt: skip
+    assert replaced["max_fee_per_gas"] > first["max_fee_per_gas"] * 10
+    assert replaced["max_priority_fee_per_gas"] > first["max_priority_fee_per_gas"] * 10
+
+    await submitter.tick()  # NOTE: another look at the same head re-prices nothing more
+    assert await relayer.pool.fetchval("SELECT replacements FROM relay_txs") == 1
+    rpc(target, "evm_mine")
+    assert await drive(submitter, [tid], resume=False) == {tid: "RELEASED"}
+    row = await relayer.pool.fetchrow("SELECT * FROM relay_txs")
+    assert row["nonce"] == nonce_before
+    assert releases_on_chain(dev_chains, locked) == [row["tx_hash"]] == [replaced["tx_hash"]]
+    assert account_nonce(target, relayer.submitter.address) == nonce_before + 1
+    assert balance(target, recipient) == AMOUNT
 
 
 async def test_a_restart_re_prices_only_the_releases_in_flight_longer_than_replace_after(

@@ -87,26 +87,28 @@ def send_raw(url: str, raw: list[str], per_request: int = 200) -> float:
     return time.time()
 
 
-def send_bursts(bursts: list[tuple[DevChain, list[str]]]) -> None:
-    """Each chain's locks, sent just after one of its blocks, both chains at once.
+def send_bursts(bursts: list[tuple[DevChain, list[str]]], block_time: int = 1) -> None:
+    """Each chain's locks, sent while its mining is paused; then both chains' block clocks restart together.
 
-    NOTE: the figure's window opens at the first confirmation, so a burst that lands just
-    before a block (63 locks in the first block, then full ones) opens it about a block
-    earlier than one that lands just after. That phase came from the set-up's timing and
-    was the same in every run, but not the same for the figure (63) and the baseline (519):
-    starting both alike makes them comparable.
+    NOTE: the figure's window opens at the first confirmation and its end follows the
+    last lock, so the burst's phase against each chain's block clock shapes the run. Sent
+    on a running clock, a burst landed just before a block in some runs (63 locks in the
+    first block, then full ones) and one chain's burst a block after the other's in
+    others (the releases to the early chain's locks then took the late chain's blocks
+    first, and its own locks, and so their releases, came a block or two later): 502-505
+    releases/s instead of 550-557 in those runs, for no reason of the relayer's, and the
+    baseline got another phase. Paused, every run starts alike: all locks in the pool,
+    the first block of both chains a block time after the restart.
     """
-
-    def send(chain: DevChain, raw: list[str]) -> None:
-        head = chain.w3.eth.block_number
-        deadline = time.time() + 5
-        while chain.w3.eth.block_number == head and time.time() < deadline:
-            time.sleep(0.005)
-        send_raw(chain.url, raw)
-
-    with ThreadPoolExecutor(len(bursts)) as pool:
-        for done in [pool.submit(send, chain, raw) for chain, raw in bursts]:
-            done.result()
+    for chain, _ in bursts:
+        chain.w3.provider.make_request("evm_setIntervalMining", [0])  # type: ignore[arg-type]
+    try:
+        with ThreadPoolExecutor(len(bursts)) as pool:
+            for done in [pool.submit(send_raw, chain.url, raw) for chain, raw in bursts]:
+                done.result()
+    finally:
+        for chain, _ in bursts:
+            chain.w3.provider.make_request("evm_setIntervalMining", [block_time])  # type: ignore[arg-type]
 
 
 def sign_locks(chain: DevChain, user_key: str, target_chain_id: int, count: int) -> list[str]:

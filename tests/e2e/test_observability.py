@@ -86,8 +86,16 @@ def observed(
     logdir = workdir / "logs"
     network = start_dev_network(workdir / "chains", block_time=1)
     ports = {name: free_port() for name in ("graphql", "health", "indexer", "relayer", "gateway")}
+    # NOTE: the first chain also has its WebSocket endpoint (anvil serves one on the same port),
+    # so the indexer subscribes to new heads there and the dashboards' subscription series exist.
+    document = yaml.safe_load(network.chains_file.read_text())
+    first = document["chains"][0]
+    first["rpc_urls"].append(first["rpc_urls"][0].replace("http://", "ws://", 1))
+    chains_file = workdir / "chains-with-ws.yaml"
+    chains_file.write_text(yaml.safe_dump(document, sort_keys=False))
     env = {
         **network.env(),
+        "FERRY_CHAINS_FILE": str(chains_file),
         "FERRY_DATABASE_URL": database_url,
         "FERRY_REDIS_URL": redis_url,
         "FERRY_QUEUE_NAME": f"ferry:observability:{ports['graphql']}",

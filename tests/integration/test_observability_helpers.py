@@ -133,9 +133,9 @@ def test_prepare_creates_zero_series_for_every_chain_and_route(dev_chains: DevNe
         # NOTE: the relayer labels by chain name too, like the indexer (one `chain` label everywhere).
         labels = {"chain": chain.name, "outcome": "mined"}
         assert REGISTRY.get_sample_value("ferry_relayer_releases_total", labels) is not None
-        assert (
-            REGISTRY.get_sample_value("ferry_relayer_replacements_total", {"chain": chain.name}) is not None
-        )
+        for reason in ("overdue", "outbid"):
+            labels = {"chain": chain.name, "reason": reason}
+            assert REGISTRY.get_sample_value("ferry_relayer_replacements_total", labels) is not None
     for route in config.routes:
         for status in ("PENDING", "CONFIRMED", "SUBMITTED", "RELEASED", "HELD", "FAILED"):
             labels = {"route": route.route_id, "status": status}

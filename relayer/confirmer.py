@@ -30,7 +30,8 @@ Each round of the submitter (``ChainSubmitter.tick``) calls ``Confirmer.check``:
    the same nonce and fees raised per ``relayer.fees.replacement_fees``; at the
    cap it stays and ``ferry_relayer_stuck_at_fee_cap`` says so. So is, at once, one
    that a new full block left out while other senders there offered more
-   (``relayer.fees.outbid_in``): every later nonce of the account waits behind it.
+   (``relayer.fees.outbid_in``) and none of the account's nonces was mined: every
+   later nonce of the account waits behind it.
    A release priced from a block before a burst of better-paying transactions
    arrived would otherwise wait out the burst, or ``replace_after`` (30 s by default).
 """
@@ -79,6 +80,8 @@ class Confirmer:
         self._unreceipted: dict[int, int] = {}
         #: SENT transactions (by id) not mined yet: the head when first seen so (or re-priced).
         self._unmined_since: dict[int, int] = {}
+        #: The account's mined nonce count at the last look.
+        self._last_mined_count = -1
 
     async def check(self) -> None:
         """Follow receipts when the head moved (or every few seconds), re-price when due.
@@ -304,7 +307,14 @@ class Confirmer:
 
     async def reprice(self, new_head: int | None = None, mined_count: int = 0) -> None:
         """Re-price what waited ``replace_after``, and what the new head's full block left out for
-        better offers (``new_head``: the head when it just moved, else None)."""
+        better offers (``new_head``: the head when it just moved, else None).
+
+        NOTE: outbid only while the account's queue is stuck: no nonce of it mined since the last
+        look. A block that took some of the account's releases and left the rest out for lack
+        of room was not outbidding it (the releases fill blocks themselves in a backlog).
+        """
+        stuck = mined_count == self._last_mined_count
+        self._last_mined_count = mined_count
         loop = asyncio.get_running_loop()
         now = loop.time()
         settings = self.s.settings
@@ -314,7 +324,7 @@ class Confirmer:
         due = {tx.id: tx for tx in sent if now - tx.sent_at >= settings.replace_after}
         overdue = set(due)
         quote: Fees | None = None
-        if new_head is not None and any(self._unmined_since[tx.id] < new_head for tx in sent):
+        if new_head is not None and stuck and any(self._unmined_since[tx.id] < new_head for tx in sent):
             quote = await self.s.pricer.fees()
             competition = self.s.pricer.latest
             if competition is not None and competition.block_number == new_head:

@@ -14,8 +14,9 @@
   cap costs nothing by itself (a transaction pays base fee plus tip); the
   relayer's own transactions are left out, so its prices do not feed on themselves.
 - ``outbid_in``: a release left out of a full block whose other senders offered more
-  than it does was outbid; the follower re-prices it at once (``relayer.confirmer``)
-  rather than after ``replace_after``: every later nonce of the account waits behind it.
+  than it does was outbid; while none of the account's nonces is being mined, the
+  follower re-prices it at once (``relayer.confirmer``) rather than after
+  ``replace_after``: every later nonce of the account waits behind it.
 - ``replacement_fees``: a transaction not mined in time is re-signed with the same
   nonce and fees at least ``bump_percent`` (12.5 % or more, what nodes require)
   above the last ones, never below them, and at least today's suggestion; capped

@@ -142,14 +142,7 @@ async def test_release_a_full_block_left_out_for_better_offers_is_re_priced_at_t
 
     gas_limit = target.w3.eth.get_block("latest")["gasLimit"]
     rpc(target, "evm_setBlockGasLimit", hex(first["gas"] + 2 * 21_000 - 1))
-    competitor, competitor_key = DEV_ACCOUNTS[9]
-    nonce = target.w3.eth.get_transaction_count(competitor, "pending")  # type: ignore[arg-type]
-    for index in range(3):
-        offer = {"type": 2, "chainId": target.chain_id, "nonce": nonce + index, "to": recipient, "value": 1,
-                 "gas": 21_000, "maxFeePerGas": int(first["max_fee_per_gas"]) * 10,
-                 "maxPriorityFeePerGas": int(first["max_priority_fee_per_gas"]) * 10}  # fmt: skip
-        signed = target.w3.eth.account.sign_transaction(offer, competitor_key)
-        target.w3.eth.send_raw_transaction(signed.raw_transaction)
+    outbid(dev_chains, first, count=3)
     rpc(target, "evm_mine")
     block = target.w3.eth.get_block("latest")
     assert len(block["transactions"]) == 3, "the block took the better offers only"
@@ -173,6 +166,57 @@ async def test_release_a_full_block_left_out_for_better_offers_is_re_priced_at_t
     assert releases_on_chain(dev_chains, locked) == [row["tx_hash"]] == [replaced["tx_hash"]]
     assert account_nonce(target, relayer.submitter.address) == nonce_before + 1
     assert balance(target, recipient) == AMOUNT
+
+
+async def test_releases_left_out_of_a_block_that_took_an_earlier_one_of_theirs_are_not_re_priced(
+    dev_chains: DevNetwork, open_relayer: OpenRelayer
+) -> None:
+    """The account's queue moved: the block was full, but not of better offers alone.
+
+    A better offer and the first release fill the block (its gas limit is cut to fit
+    exactly those); the second release is left out. Nothing is re-priced: a backlog of
+    releases fills blocks itself, and bumping it at every block would pay for nothing.
+    """
+    relayer = await open_relayer(batch_size=1, replace_after=30)
+    _, target = chains(dev_chains)
+    transfers = await hand_over(relayer, 2, dev_chains)
+    nonce_before = account_nonce(target, relayer.submitter.address)
+    submitter = submitter_for(relayer)
+    await submitter.resume()
+    rpc(target, "evm_setAutomine", False)
+    await ticks_until(submitter, "SELECT count(*) = 2 FROM relay_txs")
+    await submitter.tick()
+    first = await relayer.pool.fetchrow("SELECT * FROM relay_txs ORDER BY nonce LIMIT 1")
+
+    gas_limit = target.w3.eth.get_block("latest")["gasLimit"]
+    rpc(target, "evm_setBlockGasLimit", hex(21_000 + first["gas"]))
+    outbid(dev_chains, first, count=1)
+    rpc(target, "evm_mine")
+    assert len(target.w3.eth.get_block("latest")["transactions"]) == 2, "the better offer and one release"
+    assert account_nonce(target, relayer.submitter.address) == nonce_before + 1
+    rpc(target, "evm_setBlockGasLimit", hex(gas_limit))
+
+    await submitter.tick()
+    rows = await relayer.pool.fetch("SELECT replacements FROM relay_txs ORDER BY nonce")
+    assert [row["replacements"] for row in rows] == [0, 0]
+    rpc(target, "evm_mine")
+    tids = [tid for tid, _, _ in transfers]
+    assert set((await drive(submitter, tids, resume=False)).values()) <= {"RELEASED", "FINALIZED"}
+    assert all(len(releases_on_chain(dev_chains, locked)) == 1 for _, _, locked in transfers)
+    assert await release_nonces(relayer.pool) == [nonce_before, nonce_before + 1]
+
+
+def outbid(network: DevNetwork, release: Any, count: int) -> None:
+    """``count`` plain transfers on chain B from another account, at ten times ``release``'s fees."""
+    _, target = chains(network)
+    competitor, competitor_key = DEV_ACCOUNTS[9]
+    nonce = target.w3.eth.get_transaction_count(competitor, "pending")  # type: ignore[arg-type]
+    for index in range(count):
+        offer = {"type": 2, "chainId": target.chain_id, "nonce": nonce + index, "to": competitor, "value": 0,
+                 "gas": 21_000, "maxFeePerGas": int(release["max_fee_per_gas"]) * 10,
+                 "maxPriorityFeePerGas": int(release["max_priority_fee_per_gas"]) * 10}  # fmt: skip
+        signed = target.w3.eth.account.sign_transaction(offer, competitor_key)
+        target.w3.eth.send_raw_transaction(signed.raw_transaction)
 
 
 async def test_a_restart_re_prices_only_the_releases_in_flight_longer_than_replace_after(

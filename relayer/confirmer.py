@@ -338,10 +338,11 @@ class Confirmer:
         replaced: list[tuple[TxRow, str, bytes, Fees]] = []
         for tx in sorted(due.values(), key=lambda tx: tx.nonce):
             fees = replacement_fees(tx.fees, suggested, settings.fee_bump_percent, settings.max_fee_per_gas)
+            if fees is None and tx.id not in overdue:
+                continue  # NOTE: outbid at the cap: the overdue path alerts, once per replace_after
             if fees is None:
                 at_cap += 1
                 tx.sent_at = now  # NOTE: look again after another replace_after, alert meanwhile
-                self._unmined_since[tx.id] = self._last_head
                 log.error(
                     "release %s (nonce %d) is not mined and already priced at max_fee_per_gas: it stays",
                     tx.tx_hash,

@@ -117,6 +117,44 @@ async def test_stuck_release_is_replaced_with_higher_fees_and_mined_with_the_sam
     assert (await history(relayer.pool, tid))[-1][1:] == ("RELEASED", row["tx_hash"])
 
 
+async def test_a_release_priced_at_the_fee_cap_stays_as_it_is_and_alerts_until_it_is_mined(
+    dev_chains: DevNetwork, open_relayer: OpenRelayer
+) -> None:
+    """At ``max_fee_per_gas`` a stuck release is not bumped (no spending without bound)."""
+    _, target = chains(dev_chains)
+    base_fee = int(target.w3.eth.get_block("latest")["baseFeePerGas"])
+    cap = base_fee  # NOTE: below the quote (twice the next base fee, at least 7/8 of it, plus a tip)
+    relayer = await open_relayer(replace_after=0.2, max_fee_per_gas=cap)
+    [(tid, recipient, locked)] = await hand_over(relayer, 1, dev_chains)
+    nonce_before = account_nonce(target, relayer.submitter.address)
+    submitter = submitter_for(relayer)
+    await submitter.resume()
+    rpc(target, "evm_setAutomine", False)
+    await ticks_until(submitter, "SELECT count(*) = 1 FROM relay_txs")
+    first = await relayer.pool.fetchrow("SELECT * FROM relay_txs")
+    assert first["max_fee_per_gas"] == cap
+    # Blocks come with a base fee above the cap: the release cannot be mined.
+    rpc(target, "anvil_setNextBlockBaseFeePerGas", hex(cap * 4))
+    rpc(target, "evm_mine")
+    gauge = {"chain": target.name}
+
+    await asyncio.sleep(0.3)  # NOTE: past replace_after
+    await ticks_until(submitter, "SELECT true")
+    assert REGISTRY.get_sample_value("ferry_relayer_stuck_at_fee_cap", gauge) == 1
+    row = await relayer.pool.fetchrow("SELECT * FROM relay_txs")
+    assert (row["tx_hash"], row["replacements"], row["max_fee_per_gas"]) == (first["tx_hash"], 0, cap)
+
+    # The base fee falls again. anvil dropped the release from its pool meanwhile (its fee cap
+    # was below the base fee): the follower's gap repair sends the same transaction again.
+    rpc(target, "anvil_setNextBlockBaseFeePerGas", hex(base_fee // 2))
+    rpc(target, "evm_mine")
+    rpc(target, "evm_setAutomine", True)
+    assert await drive(submitter, [tid], resume=False) == {tid: "RELEASED"}
+    assert releases_on_chain(dev_chains, locked) == [first["tx_hash"]]
+    assert account_nonce(target, relayer.submitter.address) == nonce_before + 1
+    assert balance(target, recipient) == AMOUNT
+
+
 async def test_release_a_full_block_left_out_for_better_offers_is_re_priced_at_the_next_head(
     dev_chains: DevNetwork, open_relayer: OpenRelayer
 ) -> None:

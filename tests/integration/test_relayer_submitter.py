@@ -69,6 +69,22 @@ async def hand_over(relayer: RelayerContext, count: int, network: DevNetwork) ->
     return transfers
 
 
+async def paused(
+    relayer: RelayerContext, network: DevNetwork, count: int
+) -> tuple[list[tuple[str, str, Any]], int, ChainSubmitter]:
+    """``count`` transfers handed over, chain B's submitter resumed, chain B mining only on ``evm_mine``.
+
+    Returns the transfers, the submitting account's nonce count before their releases, the submitter.
+    """
+    _, target = chains(network)
+    transfers = await hand_over(relayer, count, network)
+    nonce_before = account_nonce(target, relayer.submitter.address)
+    submitter = submitter_for(relayer)
+    await submitter.resume()
+    rpc(target, "evm_setAutomine", False)
+    return transfers, nonce_before, submitter
+
+
 async def ticks_until(submitter: ChainSubmitter, query: str, *args: Any) -> Any:
     """Submitter rounds until ``query`` answers something truthy; that answer."""
     loop = asyncio.get_running_loop()
@@ -87,11 +103,7 @@ async def test_stuck_release_is_replaced_with_higher_fees_and_mined_with_the_sam
 ) -> None:
     relayer = await open_relayer(replace_after=0.5)
     _, target = chains(dev_chains)
-    [(tid, recipient, locked)] = await hand_over(relayer, 1, dev_chains)
-    nonce_before = account_nonce(target, relayer.submitter.address)
-    submitter = submitter_for(relayer)
-    await submitter.resume()
-    rpc(target, "evm_setAutomine", False)
+    [(tid, recipient, locked)], nonce_before, submitter = await paused(relayer, dev_chains, 1)
 
     await submitter.tick()
     first = await relayer.pool.fetchrow("SELECT tx_hash, nonce, max_fee_per_gas FROM relay_txs")
@@ -125,11 +137,7 @@ async def test_a_release_priced_at_the_fee_cap_stays_as_it_is_and_alerts_until_i
     base_fee = int(target.w3.eth.get_block("latest")["baseFeePerGas"])
     cap = base_fee  # NOTE: below the quote (twice the next base fee, at least 7/8 of it, plus a tip)
     relayer = await open_relayer(replace_after=0.2, max_fee_per_gas=cap)
-    [(tid, recipient, locked)] = await hand_over(relayer, 1, dev_chains)
-    nonce_before = account_nonce(target, relayer.submitter.address)
-    submitter = submitter_for(relayer)
-    await submitter.resume()
-    rpc(target, "evm_setAutomine", False)
+    [(tid, recipient, locked)], nonce_before, submitter = await paused(relayer, dev_chains, 1)
     await ticks_until(submitter, "SELECT count(*) = 1 FROM relay_txs")
     first = await relayer.pool.fetchrow("SELECT * FROM relay_txs")
     assert first["max_fee_per_gas"] == cap
@@ -166,11 +174,7 @@ async def test_release_a_full_block_left_out_for_better_offers_is_re_priced_at_t
     """
     relayer = await open_relayer(replace_after=30)
     _, target = chains(dev_chains)
-    [(tid, recipient, locked)] = await hand_over(relayer, 1, dev_chains)
-    nonce_before = account_nonce(target, relayer.submitter.address)
-    submitter = submitter_for(relayer)
-    await submitter.resume()
-    rpc(target, "evm_setAutomine", False)
+    [(tid, recipient, locked)], nonce_before, submitter = await paused(relayer, dev_chains, 1)
     await ticks_until(submitter, "SELECT count(*) = 1 FROM relay_txs")
     await submitter.tick()  # NOTE: a look at the same head: the release is seen waiting there
     first = await relayer.pool.fetchrow("SELECT * FROM relay_txs")
@@ -217,11 +221,7 @@ async def test_releases_left_out_of_a_block_that_took_an_earlier_one_of_theirs_a
     """
     relayer = await open_relayer(batch_size=1, replace_after=30)
     _, target = chains(dev_chains)
-    transfers = await hand_over(relayer, 2, dev_chains)
-    nonce_before = account_nonce(target, relayer.submitter.address)
-    submitter = submitter_for(relayer)
-    await submitter.resume()
-    rpc(target, "evm_setAutomine", False)
+    transfers, nonce_before, submitter = await paused(relayer, dev_chains, 2)
     await ticks_until(submitter, "SELECT count(*) = 2 FROM relay_txs")
     await submitter.tick()
     first = await relayer.pool.fetchrow("SELECT * FROM relay_txs ORDER BY nonce LIMIT 1")
@@ -266,11 +266,7 @@ async def test_a_restart_re_prices_only_the_releases_in_flight_longer_than_repla
     (and paid more for) everything in flight at once, however recently it was sent.
     """
     relayer = await open_relayer(batch_size=1, replace_after=30)
-    _, target = chains(dev_chains)
-    await hand_over(relayer, 2, dev_chains)
-    submitter = submitter_for(relayer)
-    await submitter.resume()
-    rpc(target, "evm_setAutomine", False)
+    _, _, submitter = await paused(relayer, dev_chains, 2)
     await ticks_until(submitter, "SELECT count(*) = 2 FROM relay_txs")
     # As far as the database knows, the first went out an hour ago, the second just now.
     await relayer.pool.execute(
@@ -291,12 +287,8 @@ async def test_release_the_node_lost_is_resent_and_later_nonces_follow_without_a
 ) -> None:
     relayer = await open_relayer(batch_size=1)
     _, target = chains(dev_chains)
-    transfers = await hand_over(relayer, 2, dev_chains)
+    transfers, nonce_before, submitter = await paused(relayer, dev_chains, 2)
     tids = [tid for tid, _, _ in transfers]
-    nonce_before = account_nonce(target, relayer.submitter.address)
-    submitter = submitter_for(relayer)
-    await submitter.resume()
-    rpc(target, "evm_setAutomine", False)
 
     await ticks_until(submitter, "SELECT count(*) = 2 FROM relay_txs")
     lost = await relayer.pool.fetchval("SELECT tx_hash FROM relay_txs ORDER BY nonce LIMIT 1")
@@ -318,10 +310,7 @@ async def test_release_whose_nonce_another_transaction_took_is_dropped_at_a_late
 ) -> None:
     relayer = await open_relayer(batch_size=1)
     _, target = chains(dev_chains)
-    [(tid, recipient, locked)] = await hand_over(relayer, 1, dev_chains)
-    submitter = submitter_for(relayer)
-    await submitter.resume()
-    rpc(target, "evm_setAutomine", False)
+    [(tid, recipient, locked)], _, submitter = await paused(relayer, dev_chains, 1)
 
     await ticks_until(submitter, "SELECT count(*) = 1 FROM relay_txs")
     lost, nonce = await relayer.pool.fetchrow("SELECT tx_hash, nonce FROM relay_txs")
@@ -385,11 +374,8 @@ async def test_a_broadcast_batch_judges_each_transaction_alone(
 ) -> None:
     relayer = await open_relayer(batch_size=1)
     _, target = chains(dev_chains)
-    transfers = await hand_over(relayer, 2, dev_chains)
+    transfers, _, submitter = await paused(relayer, dev_chains, 2)
     tids = [tid for tid, _, _ in transfers]
-    submitter = submitter_for(relayer)
-    await submitter.resume()
-    rpc(target, "evm_setAutomine", False)
     await ticks_until(submitter, "SELECT count(*) = 2 FROM relay_txs")
     sent = sorted(submitter.open.values(), key=lambda tx: tx.nonce)
 

@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -316,3 +317,16 @@ def _quantity(value: Any, method: str) -> int:
 def quantity(value: Any, what: str = "quantity") -> int:
     """Parse a hex quantity from a node answer, raising RpcGarbage when it is not one."""
     return _quantity(value, what)
+
+
+def block_timestamp(value: Any, what: str = "block timestamp") -> datetime:
+    """A block's timestamp (hex seconds) as a UTC datetime, raising RpcGarbage when it is not a date.
+
+    NOTE: a quantity can be any size; ``datetime`` ends at year 9999 (ValueError, OverflowError
+    beyond time_t), which a node's garbage must not turn into an unexpected error.
+    """
+    seconds = _quantity(value, what)
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, ValueError, OSError):
+        raise RpcGarbage(f"{what} {seconds} is not a date") from None

@@ -16,11 +16,11 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from ferry.contracts import TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC
-from ferry.rpc import RpcClient, RpcError, RpcGarbage, quantity
+from ferry.rpc import RpcClient, RpcError, RpcGarbage, block_timestamp, quantity
 from ferry.settings import ChainConfig
 from indexer.bloom import may_contain
 from indexer.decode import BridgeEvent, LockEvent, ReleaseEvent, decode_log
@@ -289,7 +289,7 @@ def parse_header(answer: Any, number: int) -> BlockHeader:
         number,
         _hash(answer.get("hash"), "hash"),
         _hash(answer.get("parentHash"), "parentHash"),
-        datetime.fromtimestamp(quantity(answer.get("timestamp"), "block timestamp"), UTC),
+        block_timestamp(answer.get("timestamp")),
         answer.get("logsBloom") if isinstance(answer.get("logsBloom"), str) else None,
     )
 

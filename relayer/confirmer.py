@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ferry.contracts import TRANSFER_RELEASED_TOPIC
@@ -53,7 +53,7 @@ from ferry.metrics import (
     STUCK_AT_FEE_CAP,
     TXS_IN_FLIGHT,
 )
-from ferry.rpc import RpcGarbage, quantity
+from ferry.rpc import RpcGarbage, block_timestamp, quantity
 from ferry.transitions import Change
 from relayer import legacy, txstore
 from relayer.bridge import LockKey, TargetBridge, checksummed
@@ -380,7 +380,7 @@ class Confirmer:
             block = await self.s.rpc.get_block(number)
             if block is None:
                 return None
-            cached = datetime.fromtimestamp(quantity(block.get("timestamp"), "block timestamp"), UTC)
+            cached = block_timestamp(block.get("timestamp"))
             if len(self._block_times) > 256:
                 self._block_times.clear()
             self._block_times[number] = cached

@@ -170,7 +170,7 @@ async def test_when_the_websocket_dies_polling_takes_over_without_missing_a_bloc
     assert await pool.fetchval("SELECT count(*) FROM reorgs") == 0
 
 
-@pytest.mark.parametrize("mode", ["malformed", "wrong_chain"])
+@pytest.mark.parametrize("mode", ["malformed", "wrong_chain", "far_future"])
 async def test_garbage_on_the_websocket_counts_against_its_endpoint_and_polling_goes_on(
     dev_chains: DevNetwork, pool: asyncpg.Pool, mode: str
 ) -> None:

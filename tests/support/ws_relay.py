@@ -6,7 +6,8 @@
   ``restore()`` listens again on the same port.
 - ``FakeHeads``: a WebSocket server that answers ``eth_chainId`` and
   ``eth_subscribe`` and then misbehaves: ``malformed`` sends text that is not JSON,
-  ``wrong_chain`` answers another chain id.
+  ``wrong_chain`` answers another chain id, ``far_future`` notifies a well-formed
+  header whose timestamp is no date (year 584 billion).
 
 Both run in the test's event loop.
 """
@@ -107,4 +108,12 @@ class FakeHeads:
                 await socket.send(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": hex(served)}))
             elif request["method"] == "eth_subscribe":
                 await socket.send(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": "0x1"}))
+                if self.mode == "far_future":  # NOTE: well-formed, but its timestamp is no date
+                    header = {"number": "0x1", "hash": "0x" + "11" * 32, "parentHash": "0x" + "22" * 32,
+                              "timestamp": hex(2**64 - 1)}  # fmt: skip
+                    body = {"subscription": "0x1", "result": header}
+                    await socket.send(
+                        json.dumps({"jsonrpc": "2.0", "method": "eth_subscription", "params": body})
+                    )
+                    continue
                 await socket.send('{"jsonrpc": "2.0", "method": "eth_subscription", "params": {')

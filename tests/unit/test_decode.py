@@ -9,7 +9,9 @@ from eth_abi.abi import encode
 from eth_utils.address import to_checksum_address
 
 from ferry.contracts import SIGNERS_UPDATED_TOPIC, TOKENS_LOCKED_TOPIC, TRANSFER_RELEASED_TOPIC
+from ferry.rpc import RpcGarbage
 from indexer import decode
+from indexer.chain import parse_header
 from indexer.decode import LockEvent, MalformedLog, ReleaseEvent, decode_log
 
 BRIDGE = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -286,3 +288,13 @@ def test_the_backfill_budget_counts_fetches_and_commits() -> None:
     assert not sizer.may_start(BACKFILL_CONCURRENCY, 0)
     sizer.observe(1, 0)  # an empty range after dense ones: the density is forgotten by halves only
     assert sizer.logs_per_block == LOGS_IN_FLIGHT // 8
+
+
+@pytest.mark.parametrize("seconds", [2**64 - 1, 10**12])
+def test_a_header_whose_timestamp_is_no_date_is_garbage(seconds: int) -> None:
+    """Python's dates end at year 9999: past it (OverflowError or ValueError) is the node's garbage."""
+    hashes = {"hash": "0x" + "11" * 32, "parentHash": "0x" + "22" * 32}
+    header = {"number": "0x7", **hashes, "timestamp": hex(seconds)}
+    with pytest.raises(RpcGarbage, match="block timestamp"):
+        parse_header(header, 7)
+    assert parse_header({**header, "timestamp": hex(1_700_000_000)}, 7).timestamp.year == 2023

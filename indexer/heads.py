@@ -128,6 +128,16 @@ class Heads:
                 raise RpcUnavailable(endpoint.name, "the WebSocket closed")
             except (RpcGarbage, RpcUnavailable, OSError, WebSocketException, TimeoutError) as exc:
                 self._failed(endpoint, exc)
+            except Exception as exc:
+                # NOTE: a bug (an answer no check foresaw) must not end the subscription for good
+                # while polling hides it: it is logged with its traceback and the socket retried.
+                log.exception(
+                    "chain %s: new heads from %s stopped on an unexpected error",
+                    self.chain.name,
+                    endpoint.name,
+                    extra={"chain_id": self.chain.id},
+                )
+                self._failed(endpoint, exc)
 
     async def _follow(self, endpoint: HeadEndpoint) -> None:
         async with asyncio.timeout(OPEN_TIMEOUT):

@@ -31,7 +31,9 @@ from ferry.devstack import DevChain, DevNetwork, start_dev_network
 from ferry.domain import transfer_id
 from ferry.rpc import RpcClient
 from ferry.settings import ChainConfig
+from indexer import heads as heads_module
 from indexer import pruning, service
+from indexer.chain import BlockHeader, parse_header
 from indexer.follower import Follower
 from tests.support.indexing import eventually, following, lock, locks_on_chain
 from tests.support.ws_relay import FakeHeads, TcpRelay
@@ -168,6 +170,42 @@ async def test_when_the_websocket_dies_polling_takes_over_without_missing_a_bloc
 
     assert await indexed_locks(pool, source) == await locks_on_chain(source)
     assert await pool.fetchval("SELECT count(*) FROM reorgs") == 0
+
+
+async def test_an_unexpected_error_in_the_subscription_is_logged_and_it_subscribes_again(
+    dev_chains: DevNetwork,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in reading a notification (here: the header parser raising once) ends one socket only."""
+    source = dev_chains.chains[0]
+    chain = chain_with(dev_chains, source.url.replace("http://", "ws://", 1), poll_interval=600)
+    failures = []
+
+    def parse_once_wrongly(raw: object, number: int) -> BlockHeader:
+        if not failures:
+            failures.append(number)
+            raise RuntimeError("a bug in reading the header")
+        return parse_header(raw, number)
+
+    monkeypatch.setattr(heads_module, "parse_header", parse_once_wrongly)
+    follower = Follower(chain, dev_chains.config, pool)
+    assert follower.heads is not None
+    heads = follower.heads
+    async with following(follower) as task:
+        await eventually(lambda: caught_up(pool, source), "the first steps")
+        await eventually(lambda: asyncio.sleep(0, heads.subscribed), "the subscription")
+        first = lock(dev_chains, 950 * SMALL)  # NOTE: its block's notification meets the bug
+        await eventually(lambda: asyncio.sleep(0, bool(failures)), "the failing notification")
+        await eventually(lambda: asyncio.sleep(0, heads.subscribed), "the subscription again")
+        after = lock(dev_chains, 951 * SMALL)
+        for transfer in (first, after):
+            await eventually(lambda t=transfer: indexed(pool, t), "a lock after the bug", seconds=20)
+        assert not task.done(), "the follower stopped"
+
+    assert "stopped on an unexpected error" in caplog.text
+    assert "a bug in reading the header" in caplog.text
 
 
 @pytest.mark.parametrize("mode", ["malformed", "wrong_chain", "far_future"])

@@ -100,15 +100,22 @@ def send_bursts(bursts: list[tuple[DevChain, list[str]]], block_time: int = 1) -
     baseline got another phase. Paused, every run starts alike: all locks in the pool,
     the first block of both chains a block time after the restart.
     """
-    for chain, _ in bursts:
-        chain.w3.provider.make_request("evm_setIntervalMining", [0])  # type: ignore[arg-type]
     try:
+        for chain, _ in bursts:
+            _interval_mining(chain, 0)
         with ThreadPoolExecutor(len(bursts)) as pool:
             for done in [pool.submit(send_raw, chain.url, raw) for chain, raw in bursts]:
                 done.result()
     finally:
         for chain, _ in bursts:
-            chain.w3.provider.make_request("evm_setIntervalMining", [block_time])  # type: ignore[arg-type]
+            _interval_mining(chain, block_time)
+
+
+def _interval_mining(chain: DevChain, seconds: int) -> None:
+    """anvil's block clock: a block every ``seconds`` (0: none); a refusal raises, never passes."""
+    answer = chain.w3.provider.make_request("evm_setIntervalMining", [seconds])  # type: ignore[arg-type]
+    if "error" in answer:
+        raise RuntimeError(f"evm_setIntervalMining({seconds}) on chain {chain.chain_id}: {answer['error']}")
 
 
 def sign_locks(chain: DevChain, user_key: str, target_chain_id: int, count: int) -> list[str]:

@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -130,14 +131,19 @@ class Heads:
                 self._failed(endpoint, exc)
             except Exception as exc:
                 # NOTE: a bug (an answer no check foresaw) must not end the subscription for good
-                # while polling hides it: it is logged with its traceback and the socket retried.
-                log.exception(
-                    "chain %s: new heads from %s stopped on an unexpected error",
+                # while polling hides it: it is logged with its traceback (the URL replaced by its
+                # name, as in every log: it may hold a key), counted as the indexer's unexpected
+                # error rather than the endpoint's, and the socket is retried.
+                trace = "".join(traceback.format_exception(exc)).replace(endpoint.url, endpoint.name)
+                log.error(
+                    "chain %s: new heads from %s stopped on an unexpected error:\n%s",
                     self.chain.name,
                     endpoint.name,
+                    trace,
                     extra={"chain_id": self.chain.id},
                 )
-                self._failed(endpoint, exc)
+                metrics.INDEXER_ERRORS.labels(chain=self.chain.name, kind="unexpected").inc()
+                self._failed(endpoint, exc, count=False)
 
     async def _follow(self, endpoint: HeadEndpoint) -> None:
         async with asyncio.timeout(OPEN_TIMEOUT):
@@ -199,7 +205,8 @@ class Heads:
         self.recent.clear()
         metrics.HEAD_SUBSCRIPTION_UP.labels(chain=self.chain.name, endpoint=endpoint.label).set(1)
 
-    def _failed(self, endpoint: HeadEndpoint, exc: BaseException) -> None:
+    def _failed(self, endpoint: HeadEndpoint, exc: BaseException, *, count: bool = True) -> None:
+        """Back off from ``endpoint`` (counted against it unless ``count`` is False) and rotate."""
         self.subscribed = False
         garbage = isinstance(exc, RpcGarbage)
         first, limit = GARBAGE_BACKOFF if garbage else FAILURE_BACKOFF
@@ -208,7 +215,8 @@ class Heads:
         endpoint.down_until = self._clock() + pause
         self._index = (self._index + 1) % len(self.endpoints)
         kind = "garbage" if garbage else "unavailable"
-        metrics.RPC_ERRORS.labels(chain=self.chain.name, endpoint=endpoint.label, kind=kind).inc()
+        if count:
+            metrics.RPC_ERRORS.labels(chain=self.chain.name, endpoint=endpoint.label, kind=kind).inc()
         log.warning(
             "chain %s: new heads from %s failed (%s: %s); polling every %.3g s, subscribing again in %.3g s",
             self.chain.name,

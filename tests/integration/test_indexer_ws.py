@@ -190,6 +190,10 @@ async def test_an_unexpected_error_in_the_subscription_is_logged_and_it_subscrib
         return parse_header(raw, number)
 
     monkeypatch.setattr(heads_module, "parse_header", parse_once_wrongly)
+    unexpected = {"chain": chain.name, "kind": "unexpected"}
+    unexpected_before = sample("ferry_indexer_errors_total", unexpected)
+    unavailable = {"chain": chain.name, "endpoint": "1", "kind": "unavailable"}
+    unavailable_before = sample("ferry_rpc_errors_total", unavailable)
     follower = Follower(chain, dev_chains.config, pool)
     assert follower.heads is not None
     heads = follower.heads
@@ -206,6 +210,11 @@ async def test_an_unexpected_error_in_the_subscription_is_logged_and_it_subscrib
 
     assert "stopped on an unexpected error" in caplog.text
     assert "a bug in reading the header" in caplog.text
+    assert "parse_once_wrongly" in caplog.text, "no traceback"
+    assert sample("ferry_indexer_errors_total", unexpected) == unexpected_before + 1
+    assert sample("ferry_rpc_errors_total", unavailable) == unavailable_before, (
+        "a bug counted against the node"
+    )
 
 
 @pytest.mark.parametrize("mode", ["malformed", "wrong_chain", "far_future"])

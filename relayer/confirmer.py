@@ -28,10 +28,11 @@ Each round of the submitter (``ChainSubmitter.tick``) calls ``Confirmer.check``:
    endpoint can do the same.
 5. Re-pricing: a SENT transaction older than ``replace_after`` is re-signed with
    the same nonce and fees raised per ``relayer.fees.replacement_fees``; at the
-   cap it stays and ``ferry_relayer_stuck_at_fee_cap`` says so. So is, at once, one
-   that a new full block left out while other senders there offered more
-   (``relayer.fees.outbid_in``) and none of the account's nonces was mined: every
-   later nonce of the account waits behind it.
+   cap it stays and ``ferry_relayer_stuck_at_fee_cap`` counts it until it is mined.
+   So is, at once, one that a new full block left out while other senders there
+   offered more (``relayer.fees.outbid_in``), when that block holds none of the
+   account's transactions and the node had the release before the block was built:
+   every later nonce of the account waits behind it.
    A release priced from a block before a burst of better-paying transactions
    arrived would otherwise wait out the burst, or ``replace_after`` (30 s by default).
 """
@@ -53,7 +54,7 @@ from ferry.metrics import (
     STUCK_AT_FEE_CAP,
     TXS_IN_FLIGHT,
 )
-from ferry.rpc import RpcGarbage, block_timestamp, quantity
+from ferry.rpc import RpcError, RpcGarbage, RpcUnavailable, block_timestamp, quantity
 from ferry.transitions import Change
 from relayer import legacy, txstore
 from relayer.bridge import LockKey, TargetBridge, checksummed
@@ -78,10 +79,13 @@ class Confirmer:
         self._last_head = -1
         #: SENT transactions (by id) below the mined count without a receipt: the head then.
         self._unreceipted: dict[int, int] = {}
-        #: SENT transactions (by id) not mined yet: the head when first seen so (or re-priced).
-        self._unmined_since: dict[int, int] = {}
-        #: The account's mined nonce count at the last look.
-        self._last_mined_count = -1
+        #: SENT transactions (by id) found due for re-pricing but already at max_fee_per_gas.
+        self._at_cap: set[int] = set()
+
+    @property
+    def last_head(self) -> int:
+        """The head at the follower's last look (-1 before the first)."""
+        return self._last_head
 
     async def check(self) -> None:
         """Follow receipts when the head moved (or every few seconds), re-price when due.
@@ -92,6 +96,8 @@ class Confirmer:
         """
         if not self.s.open:
             TXS_IN_FLIGHT.labels(self.label).set(0)
+            self._at_cap.clear()
+            STUCK_AT_FEE_CAP.labels(self.label).set(0)
             return
         loop = asyncio.get_running_loop()
         # NOTE: the mined count is read before the receipts: a transaction mined in
@@ -306,43 +312,59 @@ class Confirmer:
                 await self.s.transmit(tx, "rebroadcast")
 
     async def reprice(self, new_head: int | None = None, mined_count: int = 0) -> None:
-        """Re-price what waited ``replace_after``, and what the new head's full block left out for
-        better offers (``new_head``: the head when it just moved, else None).
-
-        NOTE: outbid only while the account's queue is stuck: no nonce of it mined since the last
-        look. A block that took some of the account's releases and left the rest out for lack
-        of room was not outbidding it (the releases fill blocks themselves in a backlog).
-        """
-        stuck = mined_count == self._last_mined_count
-        self._last_mined_count = mined_count
+        """Re-price what waited ``replace_after``, and what the new head's block left out for better
+        offers (``new_head``: the head when it just moved, else None); keep the at-cap gauge."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         settings = self.s.settings
         sent = [tx for tx in self.s.open.values() if tx.status == "SENT" and tx.nonce >= mined_count]
-        since = self._unmined_since
-        self._unmined_since = {tx.id: since.get(tx.id, self._last_head) for tx in sent}
+        self._at_cap &= {tx.id for tx in sent}
         due = {tx.id: tx for tx in sent if now - tx.sent_at >= settings.replace_after}
         overdue = set(due)
         quote: Fees | None = None
-        if new_head is not None and stuck and any(self._unmined_since[tx.id] < new_head for tx in sent):
+        if new_head is not None:
+            quote = await self.outbid(new_head, sent, due)
+        if due:
+            await self.replace(sorted(due.values(), key=lambda tx: tx.nonce), overdue, quote, now)
+        STUCK_AT_FEE_CAP.labels(self.label).set(len(self._at_cap))
+
+    async def outbid(self, head: int, sent: list[TxRow], due: dict[int, TxRow]) -> Fees | None:
+        """Add to ``due`` the releases block ``head`` left out for better offers; the quote read.
+
+        Only releases the node had before this block was built (``TxRow.broadcast_head`` below
+        it), and only when the block holds none of the account's transactions: a block that
+        took some of them and left the rest out for lack of room was not outbidding them (a
+        backlog of releases fills blocks itself). Best effort: a failed read leaves re-pricing to
+        ``replace_after``.
+        """
+        waited = [tx for tx in sent if tx.broadcast_head is not None and tx.broadcast_head < head]
+        if not waited:
+            return None
+        try:
             quote = await self.s.pricer.fees()
-            competition = self.s.pricer.latest
-            if competition is not None and competition.block_number == new_head:
-                for tx in sent:
-                    if self._unmined_since[tx.id] < new_head and outbid_in(tx.fees, tx.gas, competition):
-                        due[tx.id] = tx
-        if not due:
-            return
+        except (RpcUnavailable, RpcGarbage, RpcError) as exc:
+            log.debug("chain %s: no fee quote to judge block %d by: %s", self.label, head, exc)
+            return None
+        competition = self.s.pricer.latest
+        if competition is None or competition.block_number != head or competition.own:
+            return quote
+        for tx in waited:
+            if outbid_in(tx.fees, tx.gas, competition):
+                due.setdefault(tx.id, tx)
+        return quote
+
+    async def replace(self, due: list[TxRow], overdue: set[int], quote: Fees | None, now: float) -> None:
+        """Re-sign each of ``due`` with the same nonce and bumped fees, store them, broadcast them."""
+        settings = self.s.settings
         suggested = quote or await suggest_fees(self.s.rpc)
-        at_cap = 0
         replaced: list[tuple[TxRow, str, bytes, Fees]] = []
-        for tx in sorted(due.values(), key=lambda tx: tx.nonce):
+        for tx in due:
             fees = replacement_fees(tx.fees, suggested, settings.fee_bump_percent, settings.max_fee_per_gas)
             if fees is None and tx.id not in overdue:
                 continue  # NOTE: outbid at the cap: the overdue path alerts, once per replace_after
             if fees is None:
-                at_cap += 1
-                tx.sent_at = now  # NOTE: look again after another replace_after, alert meanwhile
+                self._at_cap.add(tx.id)
+                tx.sent_at = now  # NOTE: look again after another replace_after; the gauge says so meanwhile
                 log.error(
                     "release %s (nonce %d) is not mined and already priced at max_fee_per_gas: it stays",
                     tx.tx_hash,
@@ -361,7 +383,6 @@ class Confirmer:
                 tx.replacements + 1,
                 now,
             )
-            self._unmined_since[tx.id] = self._last_head
             REPLACEMENTS.labels(self.label, "overdue" if tx.id in overdue else "outbid").inc()
             log.warning(
                 "release nonce %d re-priced as %s (%d gwei cap)",
@@ -370,7 +391,6 @@ class Confirmer:
                 fees.max_fee_per_gas // 10**9,
             )
         await self.s.transmit_all([tx for tx, *_ in replaced], "replaced")
-        STUCK_AT_FEE_CAP.labels(self.label).set(at_cap)
 
     # ------------------------------------------------------------- helpers
 

@@ -68,34 +68,47 @@ async def suggest_fees(rpc: RpcClient) -> Fees:
 class Competition:
     """Other senders' prices in one block: the ``COMPETITION_PERCENTILE``-th tip and fee cap (0: none).
 
-    ``gas_left``: the block's gas limit minus its gas used (what a left-out transaction needed more of).
+    ``gas_left``: the block's gas limit minus its gas used (what a left-out transaction needed more
+    of); ``own``: how many of the relayer's own transactions the block holds.
     """
 
     block_number: int
     tip: int
     fee_cap: int
     gas_left: int = 0
+    own: int = 0
 
 
 def competition_in(block: dict[str, Any], own_account: str) -> Competition:
-    """The competition in a block read with its transactions, the relayer's own left out."""
-    own = own_account.lower()
+    """The competition in a block read with its transactions, the relayer's own left out (and counted).
+
+    A legacy transaction's tip is what it pays above the block's base fee (its ``gasPrice``
+    less the base fee), as nodes rank it; its fee cap is its ``gasPrice``.
+    """
+    account = own_account.lower()
+    base_fee = quantity(block.get("baseFeePerGas") or "0x0", "block baseFeePerGas")
     tips: list[int] = []
     caps: list[int] = []
+    own = 0
     for tx in block.get("transactions") or []:
-        if not isinstance(tx, dict) or str(tx.get("from", "")).lower() == own:
+        if not isinstance(tx, dict):
             continue
-        cap = tx.get("maxFeePerGas") or tx.get("gasPrice")
-        if cap is None:
+        if str(tx.get("from", "")).lower() == account:
+            own += 1
             continue
-        caps.append(quantity(cap, "transaction maxFeePerGas"))
-        tips.append(quantity(tx.get("maxPriorityFeePerGas") or cap, "transaction maxPriorityFeePerGas"))
+        if tx.get("maxFeePerGas") is not None:
+            caps.append(quantity(tx["maxFeePerGas"], "transaction maxFeePerGas"))
+            tips.append(quantity(tx.get("maxPriorityFeePerGas") or "0x0", "transaction maxPriorityFeePerGas"))
+        elif tx.get("gasPrice") is not None:
+            price = quantity(tx["gasPrice"], "transaction gasPrice")
+            caps.append(price)
+            tips.append(max(price - base_fee, 0))
     number = quantity(block.get("number"), "block number")
     gas_limit = quantity(block.get("gasLimit"), "block gasLimit")
     gas_left = gas_limit - quantity(block.get("gasUsed"), "block gasUsed")
     if not caps:
-        return Competition(number, 0, 0, gas_left)
-    return Competition(number, _percentile(tips), _percentile(caps), gas_left)
+        return Competition(number, 0, 0, gas_left, own)
+    return Competition(number, _percentile(tips), _percentile(caps), gas_left, own)
 
 
 def outbid_in(fees: Fees, gas: int, competition: Competition) -> bool:
@@ -132,7 +145,9 @@ class FeePricer:
         suggested, answer = await asyncio.gather(suggest_fees(self.rpc), self.rpc.call("eth_blockNumber"))
         head = quantity(answer, "eth_blockNumber")
         async with self._reading:
-            if self.latest is None or self.latest.block_number != head:
+            # NOTE: "<", not "!=": a caller that read the head before another read a newer block
+            # must not step the competition back to the older one.
+            if self.latest is None or self.latest.block_number < head:
                 block = await self.rpc.call("eth_getBlockByNumber", hex(head), True)
                 if not isinstance(block, dict):
                     return suggested  # NOTE: the head moved on or back meanwhile; next round reads it

@@ -505,19 +505,29 @@ class ChainSubmitter:
         except (RpcUnavailable, RpcGarbage, RpcError) as exc:
             log.warning("broadcast of %s failed, will re-send: %s", tx.tx_hash, exc)
             return None
+        # NOTE: the node may be a block past the follower's last look: judged from the one after.
+        tx.broadcast_head = self.confirmer.last_head + 1
         RELEASES.labels(self._label, outcome).inc()
         return answer
 
     async def transmit_all(self, txs: Sequence[TxRow], outcome: str) -> None:
-        """Broadcast ``txs`` in one JSON-RPC batch, each answer judged alone (as ``broadcast``)."""
+        """Broadcast ``txs`` in one JSON-RPC batch, each answer judged alone (as ``broadcast``).
+
+        The batch ends with ``eth_blockNumber``: a block above that head was built after the node
+        took the transactions (``TxRow.broadcast_head``, what the follower judges outbid releases by).
+        """
         if not txs:
             return
         calls = [("eth_sendRawTransaction", ["0x" + tx.raw_tx.hex()]) for tx in txs]
         try:
-            answers = await self.rpc.batch_results(calls)
+            *answers, head = await self.rpc.batch_results([*calls, ("eth_blockNumber", [])])
         except (RpcUnavailable, RpcGarbage) as exc:
             log.warning("broadcast of %d releases failed, will re-send: %s", len(txs), exc)
             return
+        try:
+            broadcast_head = quantity(head, "eth_blockNumber")
+        except RpcGarbage:
+            broadcast_head = self.confirmer.last_head + 1  # NOTE: as ``transmit`` (an error answer)
         for tx, answer in zip(txs, answers, strict=True):
             if isinstance(answer, RpcError):
                 verdict = judge_refusal(answer)
@@ -528,6 +538,7 @@ class ChainSubmitter:
                     # NOTE: nonce too low: the follower checks it by receipt (or DROPPED);
                     # underpriced: the next re-pricing bumps it.
                     log.warning("broadcast of %s refused: %s", tx.tx_hash, verdict.value)
+            tx.broadcast_head = broadcast_head
             RELEASES.labels(self._label, outcome).inc()
 
     async def check_balance(self) -> None:

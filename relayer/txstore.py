@@ -75,6 +75,10 @@ class TxRow:
     transfer_ids: list[str]
     #: Event-loop time of the last broadcast (a row read back gets it from relay_txs.sent_at).
     sent_at: float = 0.0
+    #: The node's head when it answered the last broadcast of this version: a block above it was
+    #: built with the release in the pool. None: not broadcast by this process yet (a row read
+    #: back is taken as broadcast before any block this process judges: -1).
+    broadcast_head: int | None = None
 
     @property
     def hashes(self) -> list[str]:
@@ -144,7 +148,7 @@ def _tx(row: Any) -> TxRow:
     # NOTE: the last broadcast's age, from the database's clock, on this process's event-loop clock:
     # a restart must not make every release left in flight look overdue for re-pricing.
     sent_at = asyncio.get_running_loop().time() - values.pop("sent_ago")
-    return TxRow(fees=fees, sent_at=sent_at, **values)
+    return TxRow(fees=fees, sent_at=sent_at, broadcast_head=-1, **values)
 
 
 async def open_txs(pool: asyncpg.Pool, chain_id: int, account: str) -> list[TxRow]:

@@ -132,7 +132,12 @@ async def test_stuck_release_is_replaced_with_higher_fees_and_mined_with_the_sam
 async def test_a_release_priced_at_the_fee_cap_stays_as_it_is_and_alerts_until_it_is_mined(
     dev_chains: DevNetwork, open_relayer: OpenRelayer
 ) -> None:
-    """At ``max_fee_per_gas`` a stuck release is not bumped (no spending without bound)."""
+    """At ``max_fee_per_gas`` a stuck release is not bumped (no spending without bound).
+
+    The gauge counts it while it waits: after the overdue look that found it at the cap,
+    and after a block of better offers too (outbid at the cap re-prices nothing either);
+    and it drops to 0 once the release is mined.
+    """
     _, target = chains(dev_chains)
     base_fee = int(target.w3.eth.get_block("latest")["baseFeePerGas"])
     cap = base_fee  # NOTE: below the quote (twice the next base fee, at least 7/8 of it, plus a tip)
@@ -152,12 +157,24 @@ async def test_a_release_priced_at_the_fee_cap_stays_as_it_is_and_alerts_until_i
     row = await relayer.pool.fetchrow("SELECT * FROM relay_txs")
     assert (row["tx_hash"], row["replacements"], row["max_fee_per_gas"]) == (first["tx_hash"], 0, cap)
 
+    # A block full of better offers, none of the account's: outbid, but at the cap.
+    gas_limit = target.w3.eth.get_block("latest")["gasLimit"]
+    rpc(target, "evm_setBlockGasLimit", hex(3 * 21_000))
+    outbid(dev_chains, first, count=3)
+    rpc(target, "evm_mine")
+    assert len(target.w3.eth.get_block("latest")["transactions"]) == 3
+    rpc(target, "evm_setBlockGasLimit", hex(gas_limit))
+    await submitter.tick()
+    assert REGISTRY.get_sample_value("ferry_relayer_stuck_at_fee_cap", gauge) == 1
+    assert await relayer.pool.fetchval("SELECT replacements FROM relay_txs") == 0
+
     # The base fee falls again. anvil dropped the release from its pool meanwhile (its fee cap
     # was below the base fee): the follower's gap repair sends the same transaction again.
     rpc(target, "anvil_setNextBlockBaseFeePerGas", hex(base_fee // 2))
     rpc(target, "evm_mine")
     rpc(target, "evm_setAutomine", True)
     assert await drive(submitter, [tid], resume=False) == {tid: "RELEASED"}
+    assert REGISTRY.get_sample_value("ferry_relayer_stuck_at_fee_cap", gauge) == 0
     assert releases_on_chain(dev_chains, locked) == [first["tx_hash"]]
     assert account_nonce(target, relayer.submitter.address) == nonce_before + 1
     assert balance(target, recipient) == AMOUNT

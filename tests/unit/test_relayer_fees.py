@@ -38,4 +38,23 @@ def test_the_competition_leaves_out_our_own_transactions_and_keeps_the_gas_left(
             {"from": other, "maxFeePerGas": hex(50 * GWEI), "maxPriorityFeePerGas": hex(GWEI)},
         ],
     }
-    assert competition_in(block, own.upper().replace("0X", "0x")) == Competition(7, GWEI, 50 * GWEI, 10_000)
+    expected = Competition(7, tip=GWEI, fee_cap=50 * GWEI, gas_left=10_000, own=1)
+    assert competition_in(block, own.upper().replace("0X", "0x")) == expected
+
+
+def test_a_legacy_competitor_bids_what_it_pays_above_the_base_fee_and_our_transactions_are_counted() -> None:
+    own, other = "0x" + "aa" * 20, "0x" + "bb" * 20
+    block = {
+        "number": "0x8",
+        "baseFeePerGas": hex(40 * GWEI),
+        "gasLimit": hex(30_000_000),
+        "gasUsed": hex(30_000_000),
+        "transactions": [
+            {"from": own, "maxFeePerGas": hex(900 * GWEI), "maxPriorityFeePerGas": hex(90 * GWEI)},
+            {"from": other, "gasPrice": hex(41 * GWEI)},  # NOTE: legacy: 1 gwei above the base fee
+        ],
+    }
+    competition = competition_in(block, own)
+    assert competition == Competition(8, tip=GWEI, fee_cap=41 * GWEI, gas_left=0, own=1)
+    # Our tip (1 gwei) is not below the legacy sender's effective one: not outbid by the tip.
+    assert not outbid_in(Fees(50 * GWEI, GWEI), GAS, competition)

@@ -81,6 +81,8 @@ class Confirmer:
         self._unreceipted: dict[int, int] = {}
         #: SENT transactions (by id) found due for re-pricing but already at max_fee_per_gas.
         self._at_cap: set[int] = set()
+        #: The account's mined nonce count at the last look.
+        self._last_mined_count = -1
 
     @property
     def last_head(self) -> int:
@@ -317,12 +319,14 @@ class Confirmer:
         loop = asyncio.get_running_loop()
         now = loop.time()
         settings = self.s.settings
+        moved_queue = mined_count != self._last_mined_count
+        self._last_mined_count = mined_count
         sent = [tx for tx in self.s.open.values() if tx.status == "SENT" and tx.nonce >= mined_count]
         self._at_cap &= {tx.id for tx in sent}
         due = {tx.id: tx for tx in sent if now - tx.sent_at >= settings.replace_after}
         overdue = set(due)
         quote: Fees | None = None
-        if new_head is not None:
+        if new_head is not None and not moved_queue:
             quote = await self.outbid(new_head, sent, due)
         if due:
             await self.replace(sorted(due.values(), key=lambda tx: tx.nonce), overdue, quote, now)
@@ -334,7 +338,10 @@ class Confirmer:
         Only releases the node had before this block was built (``TxRow.broadcast_head`` below
         it), and only when the block holds none of the account's transactions: a block that
         took some of them and left the rest out for lack of room was not outbidding them (a
-        backlog of releases fills blocks itself). Best effort: a failed read leaves re-pricing to
+        backlog of releases fills blocks itself). The caller asks only when the account's mined
+        nonce count did not move since the last look (no request: in a backlog it moves every
+        block, and the follower would otherwise read every full block with its transactions);
+        the block's own contents decide. Best effort: a failed read leaves re-pricing to
         ``replace_after``.
         """
         waited = [tx for tx in sent if tx.broadcast_head is not None and tx.broadcast_head < head]

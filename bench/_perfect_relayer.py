@@ -165,14 +165,19 @@ async def run_perfect_relayer(
 async def block_fill(rpc: RpcClient, after: int) -> list[str]:
     """ "gas used in millions/transactions" of each block after ``after`` up to the head, but
     the empty blocks at the end: where a run left block space unused."""
-    head = quantity(await rpc.call("eth_blockNumber"))
-    blocks = []
-    for low in range(after + 1, head + 1, BLOCKS_PER_REQUEST):
-        numbers = range(low, min(low + BLOCKS_PER_REQUEST, head + 1))
-        blocks += await rpc.batch([("eth_getBlockByNumber", (hex(n), False)) for n in numbers])
+    blocks = await _blocks(rpc, after, quantity(await rpc.call("eth_blockNumber")))
     while blocks and not blocks[-1]["transactions"]:
         blocks.pop()
     return [f"{quantity(b['gasUsed']) / 1e6:.1f}/{len(b['transactions'])}" for b in blocks]
+
+
+async def _blocks(rpc: RpcClient, after: int, head: int) -> list[Any]:
+    """Blocks ``after`` + 1 to ``head`` (transaction hashes only), ``BLOCKS_PER_REQUEST`` a request."""
+    blocks: list[Any] = []
+    for low in range(after + 1, head + 1, BLOCKS_PER_REQUEST):
+        numbers = range(low, min(low + BLOCKS_PER_REQUEST, head + 1))
+        blocks += await rpc.batch([("eth_getBlockByNumber", (hex(n), False)) for n in numbers])
+    return blocks
 
 
 def _side(chain: DevChain, signer: TxSigner) -> Side:
@@ -204,10 +209,7 @@ async def _watch(side: Side, sides: dict[int, Side], confirmations: int, batch_s
             await asyncio.sleep(POLL_SECONDS)
             continue
         seen = time.time()
-        blocks = []
-        for low in range(side.head + 1, head + 1, BLOCKS_PER_REQUEST):
-            numbers = range(low, min(low + BLOCKS_PER_REQUEST, head + 1))
-            blocks += await side.rpc.batch([("eth_getBlockByNumber", (hex(n), False)) for n in numbers])
+        blocks = await _blocks(side.rpc, side.head, head)
         side.head = head
         for block in blocks:
             number = quantity(block["number"])

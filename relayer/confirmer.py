@@ -281,7 +281,7 @@ class Confirmer:
             tx.status, tx.mined_hash, tx.block_number, tx.block_hash = "SENT", None, None, None
             tx.sent_at = asyncio.get_running_loop().time()
             RELEASES.labels(self.label, "reorged").inc()
-            await self.s.transmit(tx, "rebroadcast")
+            await self.s.transmit_all([tx], "rebroadcast")
             return False
         assert tx.block_number is not None
         return head - tx.block_number + 1 >= self.s.chain.confirmations
@@ -308,10 +308,10 @@ class Confirmer:
         calls = [("eth_getTransactionByHash", [h]) for tx in waiting for h in tx.hashes]
         known = {str(t["hash"]).lower() for t in await self.s.rpc.batch(calls) if isinstance(t, dict)}
         log.debug("chain %s: the node knows %d of %d waiting releases", self.label, len(known), len(waiting))
-        for tx in waiting:
-            if not any(h.lower() in known for h in tx.hashes):
-                log.warning("the node lost release %s (nonce %d); re-sending it", tx.tx_hash, tx.nonce)
-                await self.s.transmit(tx, "rebroadcast")
+        lost = [tx for tx in waiting if not any(h.lower() in known for h in tx.hashes)]
+        for tx in lost:
+            log.warning("the node lost release %s (nonce %d); re-sending it", tx.tx_hash, tx.nonce)
+        await self.s.transmit_all(lost, "rebroadcast")
 
     async def reprice(self, new_head: int | None = None, mined_count: int = 0) -> None:
         """Re-price what waited ``replace_after``, and what the new head's block left out for better

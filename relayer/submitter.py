@@ -103,7 +103,8 @@ class BuiltRound:
 
 
 class Broadcast(enum.Enum):
-    SENT = "sent"
+    """A node's known refusals of a raw transaction (``judge_refusal``)."""
+
     ALREADY_KNOWN = "already known"
     NONCE_TOO_LOW = "nonce too low"
     UNDERPRICED = "underpriced"
@@ -145,18 +146,6 @@ class TxSigner:
         }
         signed = self._account.sign_transaction(transaction)
         return signed.hash.to_0x_hex(), bytes(signed.raw_transaction)
-
-
-async def broadcast(rpc: RpcClient, raw_tx: bytes) -> Broadcast:
-    """Send a signed transaction; "already known" is fine; nonce and price refusals are reported."""
-    try:
-        await rpc.call("eth_sendRawTransaction", "0x" + raw_tx.hex())
-    except RpcError as exc:
-        verdict = judge_refusal(exc)
-        if verdict is None:
-            raise
-        return verdict
-    return Broadcast.SENT
 
 
 def judge_refusal(exc: RpcError) -> Broadcast | None:
@@ -498,20 +487,9 @@ class ChainSubmitter:
             )
         return stored
 
-    async def transmit(self, tx: TxRow, outcome: str) -> Broadcast | None:
-        """Broadcast ``tx``'s current version; a node outage leaves it for gap repair."""
-        try:
-            answer = await broadcast(self.rpc, tx.raw_tx)
-        except (RpcUnavailable, RpcGarbage, RpcError) as exc:
-            log.warning("broadcast of %s failed, will re-send: %s", tx.tx_hash, exc)
-            return None
-        # NOTE: the node may be a block past the follower's last look: judged from the one after.
-        tx.broadcast_head = self.confirmer.last_head + 1
-        RELEASES.labels(self._label, outcome).inc()
-        return answer
-
     async def transmit_all(self, txs: Sequence[TxRow], outcome: str) -> None:
-        """Broadcast ``txs`` in one JSON-RPC batch, each answer judged alone (as ``broadcast``).
+        """Broadcast ``txs`` in one JSON-RPC batch, each answer judged alone (``judge_refusal``):
+        "already known" is fine, a node outage or an unknown refusal leaves it for gap repair.
 
         The batch ends with ``eth_blockNumber``: a block above that head was built after the node
         took the transactions (``TxRow.broadcast_head``, what the follower judges outbid releases by).
@@ -527,7 +505,8 @@ class ChainSubmitter:
         try:
             broadcast_head = quantity(head, "eth_blockNumber")
         except RpcGarbage:
-            broadcast_head = self.confirmer.last_head + 1  # NOTE: as ``transmit`` (an error answer)
+            # NOTE: the node may be a block past the follower's last look: judged from the one after
+            broadcast_head = self.confirmer.last_head + 1
         for tx, answer in zip(txs, answers, strict=True):
             if isinstance(answer, RpcError):
                 verdict = judge_refusal(answer)
